@@ -1,0 +1,1 @@
+"""Shared vocabulary and wiring: audio frames, clocks, events, VAD, model assets, the session."""

@@ -1,0 +1,1 @@
+"""Speaking: text → phrases → streaming audio chunks, with cancellation, caching and metrics."""
