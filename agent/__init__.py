@@ -1,0 +1,1 @@
+"""The conversation: turn manager, context, LLM adapters, configuration and the `rejoinder` CLI."""

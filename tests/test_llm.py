@@ -1,0 +1,267 @@
+"""Tests of the LLM adapter (`agent.llm`) and the embedded llama.cpp server (`agent.llm_server`).
+
+Fakes: every test not marked `models` talks to a fake OpenAI-compatible SSE server started here
+with aiohttp on 127.0.0.1 (routes that stream, stall, fail with HTTP 500, or stream slowly until the
+client hangs up), or to a closed port. `test_server_reports_a_broken_model` runs the real child and
+xllamacpp on a fake (garbage) GGUF file. Real model: the tests marked `models` start
+EmbeddedLLMServer on the real Qwen2.5-Coder-0.5B GGUF.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from agent.llm import LLMError, LLMOptions, OpenAICompatibleLLM
+from agent.llm_server import EmbeddedLLMError, EmbeddedLLMServer
+from agent.prompts import SPEECH_SYSTEM_PROMPT
+
+DELTAS = ["Hello", " there", ",", " friend", "."]
+
+
+def _chunk(delta: dict[str, str]) -> bytes:
+    body = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "fake",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+class FakeServer:
+    """A fake OpenAI-compatible endpoint; the first path segment picks its behaviour."""
+
+    def __init__(self) -> None:
+        self.disconnected = asyncio.Event()
+        self.requests: list[dict] = []
+        self.port = 0
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        mode = request.match_info["mode"]
+        self.requests.append(await request.json())
+        if mode == "fail":
+            return web.json_response({"error": {"message": "model exploded", "type": "server_error"}}, status=500)
+        if mode == "stall_headers":
+            await asyncio.sleep(30)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(_chunk({"role": "assistant", "content": ""}))  # role-only: not a token
+        try:
+            if mode == "ok":
+                for d in DELTAS:
+                    await resp.write(_chunk({"content": d}))
+                await resp.write(b"data: [DONE]\n\n")
+            elif mode == "stall_body":
+                await asyncio.sleep(30)
+            elif mode == "slow":
+                for i in range(1000):
+                    await resp.write(_chunk({"content": f" w{i}"}))
+                    await asyncio.sleep(0.02)
+        except (ConnectionError, asyncio.CancelledError):
+            self.disconnected.set()
+            raise
+        return resp
+
+    def url(self, mode: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{mode}/v1"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeServer]:
+    server = FakeServer()
+    app = web.Application()
+    app.router.add_get("/{mode}/v1/models", server.models)
+    app.router.add_post("/{mode}/v1/chat/completions", server.chat)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server.port = runner.addresses[0][1]
+    yield server
+    await runner.cleanup()
+
+
+def _llm(url: str, **kw: float) -> OpenAICompatibleLLM:
+    return OpenAICompatibleLLM(LLMOptions(base_url=url, model="fake", **kw))  # type: ignore[arg-type]
+
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+async def test_stream_yields_deltas_in_order(fake: FakeServer) -> None:
+    async with _llm(fake.url("ok")) as llm:
+        await llm.check()
+        got = [t async for t in llm.stream(MESSAGES)]
+    assert got == DELTAS
+    assert fake.requests[0]["stream"] is True and fake.requests[0]["max_tokens"] == 200
+    assert llm.last_first_token_s is not None and llm.last_first_token_s < 5
+
+
+async def test_http_500_raises_llm_error(fake: FakeServer) -> None:
+    async with _llm(fake.url("fail")) as llm:
+        with pytest.raises(LLMError, match="HTTP 500.*model exploded"):
+            [t async for t in llm.stream(MESSAGES)]
+
+
+@pytest.mark.parametrize("mode", ["stall_headers", "stall_body"])
+async def test_stall_raises_after_first_token_timeout(fake: FakeServer, mode: str) -> None:
+    async with _llm(fake.url(mode), first_token_timeout=0.5) as llm:
+        t0 = time.monotonic()
+        with pytest.raises(LLMError, match="no token within 0.5 s"):
+            [t async for t in llm.stream(MESSAGES)]
+        elapsed = time.monotonic() - t0
+    assert 0.45 <= elapsed < 3.0
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_unreachable_endpoint_is_named() -> None:
+    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    async with _llm(url, connect_timeout=1.0) as llm:
+        with pytest.raises(LLMError, match=f"{url} is unreachable.*--llm-url"):
+            await llm.check()
+        with pytest.raises(LLMError, match="is unreachable"):
+            [t async for t in llm.stream(MESSAGES)]
+
+
+async def test_cancelling_the_consumer_closes_the_stream(fake: FakeServer) -> None:
+    got: list[str] = []
+    three = asyncio.Event()
+
+    async def consume(llm: OpenAICompatibleLLM) -> None:
+        async for t in llm.stream(MESSAGES):
+            got.append(t)
+            if len(got) == 3:
+                three.set()
+
+    async with _llm(fake.url("slow")) as llm:
+        task = asyncio.create_task(consume(llm))
+        await asyncio.wait_for(three.wait(), 5)
+        assert not fake.disconnected.is_set()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        t0 = time.monotonic()
+        await asyncio.wait_for(fake.disconnected.wait(), 2)
+        print(f"\nserver saw the disconnect {1000 * (time.monotonic() - t0):.0f} ms after cancel returned")
+    assert len(got) < 50
+
+
+async def test_closing_the_generator_closes_the_stream(fake: FakeServer) -> None:
+    n = 0
+    async with _llm(fake.url("slow")) as llm:
+        async with contextlib.aclosing(llm.stream(MESSAGES)) as deltas:
+            async for _ in deltas:
+                n += 1
+                if n == 3:
+                    break  # e.g. the turn has enough text; aclosing() closes the generator right here
+        await asyncio.wait_for(fake.disconnected.wait(), 2)
+
+
+def test_options_need_a_url() -> None:
+    with pytest.raises(ValueError, match="base URL"):
+        OpenAICompatibleLLM(LLMOptions())
+
+
+def test_speech_prompt_forbids_formatting() -> None:
+    for word in ("Rejoinder", "markdown", "emoji", "URLs", "speech recognition"):
+        assert word in SPEECH_SYSTEM_PROMPT
+
+
+async def test_server_reports_a_broken_model(tmp_path: Path) -> None:
+    bogus = tmp_path / "broken.gguf"
+    bogus.write_bytes(b"this is not a gguf file" * 100)
+    server = EmbeddedLLMServer(bogus, log_path=tmp_path / "llm.log", startup_timeout=60)
+    with pytest.raises(EmbeddedLLMError, match="exited with code") as info:
+        await server.start()
+    assert "llm.log" in str(info.value) and "Last lines" in str(info.value)
+    assert server.pid is not None and _gone(server.pid)
+
+
+async def test_server_rejects_a_missing_model(tmp_path: Path) -> None:
+    with pytest.raises(EmbeddedLLMError, match="does not exist"):
+        await EmbeddedLLMServer(tmp_path / "nope.gguf", log_path=tmp_path / "llm.log").start()
+
+
+def _gone(pid: int) -> bool:
+    """True when no process (not even a zombie) has this pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.models
+async def test_real_model_says_hello(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    server = EmbeddedLLMServer(log_path=tmp_path / "llm.log", warm_system_prompt=SPEECH_SYSTEM_PROMPT)
+    url = await server.start()
+    startup = time.monotonic() - t0
+    pid = server.pid
+    assert pid is not None and url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+    try:
+        async with OpenAICompatibleLLM(LLMOptions(base_url=url, temperature=0.0, max_tokens=40)) as llm:
+            await llm.check()
+            messages = [{"role": "system", "content": SPEECH_SYSTEM_PROMPT},
+                        {"role": "user", "content": "Say hello in five words."}]
+            t1 = time.monotonic()
+            deltas = [t async for t in llm.stream(messages)]
+            total = time.monotonic() - t1
+            ttft = llm.last_first_token_s
+            # Barge-in: closing the stream early must make llama.cpp stop decoding.
+            story = [{"role": "user", "content": "Tell me a long story about a lighthouse."}]
+            async with contextlib.aclosing(llm.stream(story)) as tokens:
+                async for _ in tokens:
+                    break
+            deadline = time.monotonic() + 3
+            while "cancel task" not in server.log_tail(500) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert "cancel task" in server.log_tail(500), "llama.cpp kept decoding after the stream closed"
+    finally:
+        await server.stop()
+    text = "".join(deltas).strip()
+    assert text, "the model returned no text"
+    assert ttft is not None
+    rate = (len(deltas) - 1) / max(total - ttft, 1e-6)
+    print(f"\nstartup {startup:.2f} s, first token {1000 * ttft:.0f} ms, {len(deltas)} deltas, "
+          f"~{rate:.1f} tok/s: {text!r}")
+    assert _gone(pid), f"llm child {pid} is still alive (or a zombie) after stop()"
+
+
+@pytest.mark.models
+def test_child_exits_when_parent_dies(tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import asyncio, os
+        from agent.llm_server import EmbeddedLLMServer
+        async def main():
+            s = EmbeddedLLMServer(log_path={str(tmp_path / "llm.log")!r})
+            await s.start()
+            print(s.pid, flush=True)
+            os._exit(0)  # die without stop(): the child must notice on its own
+        asyncio.run(main())
+    """)
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    pid = int(out.stdout.split()[-1])
+    deadline = time.monotonic() + 10
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(pid), f"orphaned llm child {pid} is still running"
