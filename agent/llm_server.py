@@ -56,6 +56,7 @@ class EmbeddedLLMServer:
         log_path: Path | str | None = None,
         startup_timeout: float = 120.0,
         warm_system_prompt: str | None = None,
+        warm_primer: tuple[dict[str, str], ...] = (),
     ) -> None:
         if n_threads < 1:
             raise ValueError(f"n_threads must be >= 1, got {n_threads}")
@@ -68,6 +69,7 @@ class EmbeddedLLMServer:
         self.log_path = Path(log_path) if log_path is not None else default_log_path()
         self.startup_timeout = startup_timeout
         self.warm_system_prompt = warm_system_prompt
+        self.warm_primer = warm_primer  # example messages that follow the system prompt in every request
         self.base_url: str | None = None
         self.startup_seconds: float | None = None
         self._proc: asyncio.subprocess.Process | None = None
@@ -163,7 +165,11 @@ class EmbeddedLLMServer:
         """Decode the system prompt once so the first real turn hits the prompt cache."""
         body = {
             "model": self.model_alias,
-            "messages": [{"role": "system", "content": system_prompt}, {"role": "user", "content": "Hi"}],
+            "messages": [
+                {"role": "system", "content": system_prompt},
+                *self.warm_primer,
+                {"role": "user", "content": "Hi"},
+            ],
             "max_tokens": 1,
         }
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60.0)) as http:

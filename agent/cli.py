@@ -1,0 +1,179 @@
+"""The `rejoinder` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from agent.config import AgentConfig, load_config
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("httpx", "openai", "aioice", "aiortc", "faster_whisper"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _progress(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(2)
+
+
+def _config(ctx: click.Context, **overrides) -> AgentConfig:
+    try:
+        return load_config(ctx.obj.get("config"), **overrides)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+        raise  # unreachable
+
+
+def _run(coro):
+    """Run a coroutine; turn the expected failures into one clear line and exit code 2."""
+    from agent.llm import LLMError
+    from agent.llm_server import EmbeddedLLMError
+    from pipeline.assets import ModelAssetError
+    from pipeline.audio import AudioFileError
+
+    try:
+        return asyncio.run(coro)
+    except (LLMError, EmbeddedLLMError, ModelAssetError, AudioFileError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _write_json(doc: dict, path: Path | None, also_stdout: bool) -> None:
+    text = json.dumps(doc, indent=2, default=float)
+    if path is not None:
+        path.write_text(text + "\n")
+    if also_stdout:
+        click.echo(text)
+
+
+@click.group()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("-v", "--verbose", is_flag=True, help="Show per-stage timings of each turn.")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
+    """Rejoinder: a real-time conversational voice agent that runs offline on a small CPU."""
+    _setup_logging(verbose)
+    ctx.obj = {"config": config_path}
+
+
+_model_options = [
+    click.option("--stt-model", help="Whisper model: tiny.en (default), base, or a CTranslate2 directory."),
+    click.option("--llm-url", help="OpenAI-compatible endpoint (…/v1). Default: the embedded model."),
+    click.option("--llm-model", help="Model name at --llm-url."),
+    click.option("--voice", help="Piper voice: piper-joe (default) or a path to a .onnx voice."),
+    click.option("--rate", type=float, help="Speaking rate, 1.0 = natural."),
+]
+
+
+def model_options(f):
+    for opt in reversed(_model_options):
+        f = opt(f)
+    return f
+
+
+def _overrides(stt_model=None, llm_url=None, llm_model=None, voice=None, rate=None) -> dict:
+    return {"stt.model": stt_model, "llm.url": llm_url, "llm.model": llm_model, "tts.voice": voice, "tts.rate": rate}
+
+
+@main.command()
+@click.option("--in", "inputs", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="A user turn (WAV/FLAC/OGG, any rate). Repeat for several turns.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Stereo timeline WAV (user L, agent R).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Per-turn metrics JSON.")
+@click.option("--fast", is_flag=True, help="Virtual clock: skip idle waiting (compute still costs real time).")
+@click.option("--gap", type=float, default=1.0, show_default=True, help="Seconds between the agent's reply and the next turn.")
+@model_options
+@click.pass_context
+def converse(ctx, inputs, out, json_path, fast, gap, **models) -> None:
+    """A spoken conversation from WAV files: each --in is one user turn."""
+    from agent.converse import converse as run_converse
+
+    cfg = _config(ctx, **_overrides(**models))
+    doc = _run(run_converse(cfg, list(inputs), out, fast=fast, gap_s=gap, progress=_progress))
+    for t in doc["turns"]:
+        click.echo(f"user:  {t['user_text']}\nagent: {t['heard_text']}"
+                   f"{' [interrupted]' if t['interrupted'] else ''}\n"
+                   f"       voice-to-voice {t['timings_ms']['voice_to_voice']} ms  {t['timings_ms']}")
+    _write_json(doc, json_path, also_stdout=False)
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--stt-model", help="tiny.en (default), base, or a CTranslate2 directory.")
+@click.pass_context
+def transcribe(ctx, file, as_json, stt_model) -> None:
+    """Transcribe one audio file with the configured Whisper model."""
+    from pipeline.audio import read_audio, resample, sanitize
+    from stt.whisper import WhisperEngine
+
+    cfg = _config(ctx, **{"stt.model": stt_model})
+
+    async def go():
+        audio, rate = read_audio(file)
+        audio, _ = sanitize(resample(audio, rate, 16000))
+        engine = WhisperEngine(cfg.stt)
+        return engine.transcribe(audio)
+
+    r = _run(go())
+    if as_json:
+        click.echo(json.dumps({"text": r.text, "model": cfg.stt.model, "audio_s": round(r.audio_s, 3),
+                               "compute_ms": round(r.compute_s * 1000, 1)}))
+    else:
+        click.echo(r.text)
+
+
+@main.command()
+@click.argument("text")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the TTS metrics as JSON.")
+@click.option("--voice", help="piper-joe (default) or a path to a Piper .onnx voice.")
+@click.option("--rate", type=float)
+@click.option("--volume", type=float)
+@click.pass_context
+def say(ctx, text, out, as_json, voice, rate, volume) -> None:
+    """Speak TEXT into a WAV file through the streaming TTS."""
+    import numpy as np
+    import soundfile as sf
+
+    from tts.piper_engine import PiperEngine
+    from tts.stream import StreamingTTS
+
+    cfg = _config(ctx, **{"tts.voice": voice, "tts.rate": rate, "tts.volume": volume})
+
+    async def go():
+        engine = PiperEngine(cfg.tts.voice, cfg.tts.voice_options, cfg.tts.threads)
+        tts = StreamingTTS(engine, chunk_ms=cfg.tts.chunk_ms)
+        chunks = [c async for c in tts.speak(text)]
+        return engine, chunks, tts.last_metrics
+
+    engine, chunks, metrics = _run(go())
+    audio = np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, np.float32)
+    if audio.size == 0:
+        click.echo("note: nothing speakable in the text; wrote an empty WAV", err=True)
+    sf.write(str(out), audio, engine.sample_rate, subtype="PCM_16")
+    if as_json:
+        click.echo(json.dumps(metrics.as_dict()))
+    else:
+        click.echo(f"wrote {out} ({len(audio) / engine.sample_rate:.2f} s)", err=True)
+
+
+if __name__ == "__main__":
+    main()

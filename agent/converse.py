@@ -1,0 +1,98 @@
+"""`rejoinder converse`: a whole spoken conversation from WAV files, on the real stack.
+
+Each input file is one user turn, streamed as a microphone would (20 ms frames, paced on the clock);
+the output is a stereo timeline (user left, agent right) and per-turn metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import statistics
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from agent.config import AgentConfig
+from agent.stack import load_stack
+from pipeline.audio import read_audio
+from pipeline.clock import RealClock, VirtualClock
+from transport.files import ScriptedMicrophone, TimelineRecorder
+
+log = logging.getLogger(__name__)
+
+
+async def converse(
+    config: AgentConfig,
+    inputs: list[Path],
+    out: Path | None,
+    fast: bool = False,
+    gap_s: float = 1.0,
+    progress: Callable[[str], None] = lambda s: None,
+) -> dict:
+    """Run the conversation; return the metrics document (`{"turns": [...], "summary": {...}}`)."""
+    turns: list[tuple[np.ndarray, int]] = []
+    notes: list[str] = []
+    for p in inputs:
+        audio, rate = read_audio(p)  # AudioFileError names the file
+        if audio.size == 0 or not np.any(np.nan_to_num(audio)):
+            notes.append(f"{p}: no audio (empty or all silent); no turn")
+            progress(notes[-1])
+            continue
+        turns.append((audio, rate))
+    if not turns:
+        return {"turns": [], "summary": {"turns": 0, "notes": notes}}
+
+    clock = VirtualClock() if fast else RealClock()
+    recorder = TimelineRecorder()
+    async with load_stack(config, progress) as stack:
+        session = stack.new_session(clock, sink=recorder.agent, on_event=_log_event)
+        mic = ScriptedMicrophone(
+            clock, turns, session.idle, gap_s=gap_s, min_tail_s=config.vad.hangover_ms / 1000 + 0.3
+        )
+
+        async def frames():
+            async for f in mic.frames():
+                recorder.user(f)
+                yield f
+
+        progress(f"conversation: {len(turns)} user turn(s){' on a virtual clock' if fast else ' in real time'}…")
+        await session.run(frames())
+        metrics = [m.as_dict() for m in session.turns.turns]
+        underruns = session.playout.underruns
+        cache = stack.cache
+    if out is not None:
+        seconds = recorder.write(out)
+        progress(f"wrote {out} ({seconds:.1f} s, user left, agent right)")
+    if not metrics:
+        notes.append("no speech detected in the input; no turn")
+        progress(notes[-1])
+    return {"turns": metrics, "summary": _summary(metrics, underruns, cache, notes, fast, config)}
+
+
+def _summary(turns: list[dict], underruns: int, cache, notes: list[str], fast: bool, config: AgentConfig) -> dict:
+    v2v = [t["timings_ms"]["voice_to_voice"] for t in turns if t["timings_ms"]["voice_to_voice"] is not None]
+    return {
+        "turns": len(turns),
+        "voice_to_voice_ms_median": round(statistics.median(v2v), 1) if v2v else None,
+        "voice_to_voice_ms_max": max(v2v) if v2v else None,
+        "interruptions": sum(t["interrupted"] for t in turns),
+        "errors": [t["error"] for t in turns if t["error"]],
+        "underrun_frames": underruns,
+        "cache_hit_rate": cache.hit_rate,
+        "clock": "virtual" if fast else "real",
+        "stt_model": config.stt.model,
+        "llm": config.llm.base_url or "embedded qwen2.5-0.5b",
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "notes": notes,
+    }
+
+
+def _log_event(event: dict) -> None:
+    if event["type"] == "turn":
+        m = event["metrics"]
+        log.info("turn %d: user=%r agent=%r timings=%s", m["index"], m["user_text"], m["agent_text"], m["timings_ms"])
+    elif event["type"] == "state":
+        log.debug("state → %s", event["state"])

@@ -1,0 +1,95 @@
+"""The loaded components of the agent (models, LLM endpoint), shared by every session.
+
+Loading is the slow part (models from disk, the embedded LLM server); a session is cheap to make.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from agent.config import AgentConfig
+from agent.context import Conversation
+from agent.llm import LLMError, OpenAICompatibleLLM
+from agent.llm_server import EmbeddedLLMServer
+from agent.prompts import PRIMER
+from agent.turns import TurnManager, TurnOptions
+from pipeline.clock import Clock
+from pipeline.session import Session
+from pipeline.vad import SileroVAD, VADSegmenter
+from stt.whisper import WhisperEngine
+from transport.playout import Playout, Sink
+from tts.cache import PhraseCache
+from tts.piper_engine import PiperEngine
+from tts.stream import StreamingTTS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentStack:
+    config: AgentConfig
+    stt: WhisperEngine
+    tts_engine: PiperEngine
+    llm: OpenAICompatibleLLM
+    cache: PhraseCache = field(default_factory=PhraseCache)
+    load_times: dict[str, float] = field(default_factory=dict)
+
+    def new_session(
+        self, clock: Clock, sink: Sink, output_rate: int = 24_000, on_event: Callable[[dict], None] | None = None,
+        turn_options: TurnOptions | None = None,
+    ) -> Session:
+        playout = Playout(clock, sink, sample_rate=output_rate)
+        tts = StreamingTTS(self.tts_engine, self.cache, chunk_ms=self.config.tts.chunk_ms, working=clock.working)
+        turns = TurnManager(
+            self.stt, self.llm, tts, playout, clock, Conversation(self.config.system_prompt, PRIMER),
+            options=turn_options, on_event=on_event,
+        )
+        segmenter = VADSegmenter(self.config.vad, SileroVAD())
+        return Session(segmenter, turns, playout, clock)
+
+
+@contextlib.asynccontextmanager
+async def load_stack(config: AgentConfig, progress: Callable[[str], None] = lambda s: None):
+    """Load models and reach (or start) the LLM. Fails fast with a clear message on any of them."""
+    times: dict[str, float] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        server: EmbeddedLLMServer | None = None
+        server_start: asyncio.Task | None = None
+        if not config.llm.base_url:
+            progress("starting the embedded LLM (Qwen2.5 0.5B, llama.cpp)…")
+            server = EmbeddedLLMServer(
+                n_threads=config.embedded_llm.threads, n_ctx=config.embedded_llm.n_ctx,
+                warm_system_prompt=config.system_prompt, warm_primer=PRIMER,
+            )
+            stack.push_async_callback(server.stop)
+            server_start = asyncio.create_task(server.start())  # loads while we load the rest
+        t = time.perf_counter()
+        progress(f"loading speech recognition (Whisper {config.stt.model})…")
+        stt = await asyncio.to_thread(WhisperEngine, config.stt)
+        times["stt_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        progress(f"loading the voice ({config.tts.voice})…")
+        tts = await asyncio.to_thread(
+            PiperEngine, config.tts.voice, config.tts.voice_options, config.tts.threads
+        )
+        times["tts_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if server_start is not None:
+            url = await server_start
+        else:
+            url = config.llm.base_url
+        llm = OpenAICompatibleLLM(config.llm, base_url=url)
+        if hasattr(llm, "aclose"):
+            stack.push_async_callback(llm.aclose)
+        await llm.check()
+        times["llm_s"] = time.perf_counter() - t
+        progress("ready.")
+        yield AgentStack(config, stt, tts, llm, load_times=times)
+
+
+__all__ = ["AgentStack", "load_stack", "LLMError"]

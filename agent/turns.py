@@ -1,0 +1,209 @@
+"""The turn manager: who has the floor, and one cancellation scope per agent reply.
+
+Flow: VAD events come in order from the session. At the endpoint the utterance is transcribed; a
+non-empty transcript starts a reply. A reply is one task whose body is a TaskGroup of *thinking*
+(LLM deltas → phrases) and *speaking* (phrases → TTS → playout). Barge-in cancels that one task:
+the LLM stream is closed, synthesis stops, queued audio is flushed, and nothing outlives the turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from agent.context import Conversation
+from agent.llm import LLMError
+from pipeline.clock import Clock
+from pipeline.events import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted, TurnMetrics, VADEvent
+from transport.playout import Playout
+from tts.stream import StreamingTTS
+from tts.text import PhraseSplitter
+
+log = logging.getLogger(__name__)
+
+APOLOGY = "Sorry, I can't think right now. Please try again in a moment."
+
+
+class State(enum.Enum):
+    LISTENING = "listening"
+    USER_SPEAKING = "user_speaking"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+
+
+class Transcribe(Protocol):
+    def transcribe(self, audio: np.ndarray): ...  # -> object with .text
+
+
+class LLM(Protocol):
+    def stream(self, messages: list[dict]): ...  # -> AsyncIterator[str]
+
+
+@dataclass
+class TurnOptions:
+    """Barge-in: user speech confirmed by the VAD (min speech duration) during a reply interrupts it."""
+
+    barge_in: bool = True
+    greeting: str | None = None
+
+
+class TurnManager:
+    """Owns the state machine, the conversation and the per-turn metrics of one session."""
+
+    def __init__(
+        self,
+        stt: Transcribe,
+        llm: LLM,
+        tts: StreamingTTS,
+        playout: Playout,
+        clock: Clock,
+        conversation: Conversation,
+        options: TurnOptions | None = None,
+        on_event: Callable[[dict], None] | None = None,
+    ) -> None:
+        self.stt, self.llm, self.tts, self.playout, self.clock = stt, llm, tts, playout, clock
+        self.conversation = conversation
+        self.options = options or TurnOptions()
+        self.on_event = on_event or (lambda e: None)
+        self.state = State.LISTENING
+        self.turns: list[TurnMetrics] = []
+        self._current: TurnMetrics | None = None
+        self._reply: asyncio.Task | None = None
+        self._pending_user: TurnMetrics | None = None
+
+    # --- events in ----------------------------------------------------------------------------
+    async def handle(self, event: VADEvent) -> None:
+        if isinstance(event, SpeechStarted):
+            if self._reply is not None and not self._reply.done() and self.options.barge_in:
+                await self.barge_in(event.at)
+            m = TurnMetrics(index=len(self.turns), user_started=event.at)
+            self._pending_user = m
+            self._set_state(State.USER_SPEAKING)
+        elif isinstance(event, SpeechEnded):
+            m = self._pending_user or TurnMetrics(index=len(self.turns), user_started=event.started)
+            self._pending_user = None
+            m.user_last_voiced, m.endpoint_at = event.last_voiced, event.decided_at
+            self.turns.append(m)
+            self._set_state(State.THINKING)
+            self._reply = asyncio.create_task(self._turn(m, event.audio), name=f"turn-{m.index}")
+        elif isinstance(event, (SpeechPaused, SpeechResumed)):
+            pass  # speculative work hooks (listening/turn-taking issues)
+
+    def idle(self) -> bool:
+        """True when nobody has the floor: no user speech, no reply in progress."""
+        return self._pending_user is None and (self._reply is None or self._reply.done())
+
+    async def barge_in(self, at: float) -> None:
+        """Cancel the reply in flight: one cancel, then record what the user actually heard."""
+        task, m = self._reply, self._current
+        if task is None or task.done():
+            return
+        t0 = time.perf_counter()
+        task.cancel()
+        self.playout.flush()
+        await asyncio.gather(task, return_exceptions=True)
+        if m is not None:
+            m.interrupted = True
+            m.tts["cancellation_latency_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+            m.tts["barge_in_at"] = at
+        log.info("barge-in at %.2f: reply cancelled in %.1f ms", at, (time.perf_counter() - t0) * 1000)
+
+    async def aclose(self) -> None:
+        if self._reply is not None and not self._reply.done():
+            self._reply.cancel()
+            await asyncio.gather(self._reply, return_exceptions=True)
+
+    async def wait_reply(self) -> None:
+        if self._reply is not None:
+            await asyncio.gather(self._reply, return_exceptions=True)
+
+    # --- one turn -----------------------------------------------------------------------------
+    async def _turn(self, m: TurnMetrics, audio: np.ndarray) -> None:
+        async with self.clock.working():
+            result = await asyncio.to_thread(self.stt.transcribe, audio)
+        m.stt_final_at = self.clock.now()
+        m.user_text = result.text
+        self.on_event({"type": "transcript", "final": True, "text": m.user_text, "turn": m.index})
+        if not m.user_text:
+            log.info("turn %d: no words recognised; still listening", m.index)
+            self._set_state(State.LISTENING)
+            return
+        self.conversation.add_user(m.user_text)
+        await self._reply_to(m)
+
+    async def _reply_to(self, m: TurnMetrics) -> None:
+        rid = self.tts.new_request_id()
+        self._current = m
+        phrases: asyncio.Queue[str | None] = asyncio.Queue()
+        generated: list[str] = []
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._think(m, phrases, generated))
+                tg.create_task(self._speak(m, phrases, rid))
+        finally:
+            m.agent_text = "".join(generated).strip()
+            m.heard_text = self.playout.heard_text(rid)
+            m.first_audio_played_at = self.playout.first_played_at(rid)
+            m.agent_stopped_at = self.playout.stopped_at(rid)
+            if self.tts.last_metrics is not None and self.tts.last_metrics.request_id == rid:
+                m.tts = {**self.tts.last_metrics.as_dict(), **m.tts}
+            self.conversation.add_agent(m.heard_text, m.interrupted or _cancelled())
+            self.playout.forget(rid)
+            self.on_event({"type": "turn", "metrics": m.as_dict()})
+            if self._reply is asyncio.current_task():
+                self._set_state(State.LISTENING)
+
+    async def _think(self, m: TurnMetrics, phrases: asyncio.Queue[str | None], generated: list[str]) -> None:
+        """LLM deltas → phrases (first one short). An LLM failure becomes a spoken apology."""
+        splitter = PhraseSplitter()
+        m.llm_request_at = self.clock.now()
+        try:
+            async with self.clock.working():
+                async for delta in self.llm.stream(self.conversation.for_llm()):
+                    if m.llm_first_token_at is None:
+                        m.llm_first_token_at = self.clock.now()
+                    generated.append(delta)
+                    for p in splitter.push(delta):
+                        self._phrase(m, p, phrases)
+            for p in splitter.flush():
+                self._phrase(m, p, phrases)
+        except LLMError as exc:
+            log.error("LLM failed during turn %d: %s", m.index, exc)
+            m.error = str(exc)
+            generated[:] = [APOLOGY]
+            self._phrase(m, APOLOGY, phrases)
+        finally:
+            phrases.put_nowait(None)
+
+    def _phrase(self, m: TurnMetrics, phrase: str, phrases: asyncio.Queue[str | None]) -> None:
+        if m.first_phrase_at is None:
+            m.first_phrase_at = self.clock.now()
+        phrases.put_nowait(phrase)
+
+    async def _speak(self, m: TurnMetrics, phrases: asyncio.Queue[str | None], rid: str) -> None:
+        async def source():
+            while (p := await phrases.get()) is not None:
+                yield p
+
+        async for chunk in self.tts.stream_phrases(source(), rid):
+            if m.tts_first_chunk_at is None and chunk.samples.size:
+                m.tts_first_chunk_at = self.clock.now()
+                self._set_state(State.SPEAKING)
+            await self.playout.play(chunk)
+        await self.playout.drain(rid)
+
+    def _set_state(self, state: State) -> None:
+        if state is not self.state:
+            self.state = state
+            self.on_event({"type": "state", "state": state.value})
+
+
+def _cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

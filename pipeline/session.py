@@ -1,0 +1,51 @@
+"""A session wires one transport to listening, the agent and speaking.
+
+    audio input ──frames──▶ VADSegmenter ──events──▶ TurnManager ──chunks──▶ Playout ──▶ audio output
+
+The session owns the tasks of one conversation inside one TaskGroup (input loop, playout); the
+turn manager owns the per-reply scopes. When the input ends, the session waits for the reply in
+flight to finish playing, then stops everything it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterable
+
+from agent.turns import TurnManager
+from pipeline.audio import AudioFrame, sanitize
+from pipeline.clock import Clock
+from pipeline.vad import VADSegmenter
+from transport.playout import Playout
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    def __init__(self, segmenter: VADSegmenter, turns: TurnManager, playout: Playout, clock: Clock) -> None:
+        self.segmenter, self.turns, self.playout, self.clock = segmenter, turns, playout, clock
+        self.bad_samples = 0
+
+    async def run(self, frames: AsyncIterable[AudioFrame]) -> None:
+        async with asyncio.TaskGroup() as tg:
+            playout = tg.create_task(self.playout.run(), name="playout")
+            try:
+                async for frame in frames:
+                    clean, bad = sanitize(frame.samples)
+                    if bad:
+                        self.bad_samples += bad
+                        frame = AudioFrame(clean, frame.sample_rate, frame.timestamp)
+                    for event in self.segmenter.process(frame):
+                        await self.turns.handle(event)
+                for event in self.segmenter.flush(self.clock.now()):
+                    await self.turns.handle(event)
+                await self.turns.wait_reply()
+            finally:
+                await self.turns.aclose()
+                playout.cancel()
+        if self.bad_samples:
+            log.warning("input had %d NaN/inf samples; they were replaced with silence", self.bad_samples)
+
+    def idle(self) -> bool:
+        return self.turns.idle()

@@ -1,0 +1,1 @@
+"""Listening: transcription engines and the streaming transcriber."""

@@ -1,0 +1,1 @@
+"""The edges: how audio gets in and out (files, WebRTC, local devices)."""

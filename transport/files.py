@@ -1,0 +1,119 @@
+"""Files as an edge: a scripted microphone that plays WAV turns in (real) time, and a stereo
+timeline recorder (user left, agent right) that places every sample at the media time it happened."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+import numpy as np
+import soundfile as sf
+
+from pipeline.audio import FRAME_MS, AudioFrame, frames_from_array, resample
+from pipeline.clock import Clock
+
+log = logging.getLogger(__name__)
+
+
+class ScriptedMicrophone:
+    """Streams user turns as a microphone would: 20 ms frames, paced on the clock, silence between.
+
+    The next turn starts `gap_s` after the agent is done (`is_idle()`), never before `min_tail_s` of
+    silence has passed (so the VAD can see the end of speech). A turn the agent never answers (no
+    speech in it) does not block: after `max_wait_s` the script goes on.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        turns: list[tuple[np.ndarray, int]],
+        is_idle: Callable[[], bool],
+        gap_s: float = 1.0,
+        min_tail_s: float = 0.8,
+        max_wait_s: float = 60.0,
+        lead_in_s: float = 0.5,
+    ) -> None:
+        self.clock, self.turns, self.is_idle = clock, turns, is_idle
+        self.gap_s, self.min_tail_s, self.max_wait_s, self.lead_in_s = gap_s, min_tail_s, max_wait_s, lead_in_s
+        self.turn_starts: list[float] = []
+
+    async def frames(self) -> AsyncIterator[AudioFrame]:
+        t = self.clock.now()
+        rate = self.turns[0][1] if self.turns else 16000
+        step = rate * FRAME_MS // 1000
+        silence = np.zeros(step, np.float32)
+
+        async def emit(samples: np.ndarray, rate: int):
+            nonlocal t
+            for f in frames_from_array(samples, rate, t):
+                await self.clock.sleep_until(f.timestamp)
+                yield f
+            t += len(samples) / rate
+
+        async for f in emit(np.zeros(int(self.lead_in_s * rate), np.float32), rate):
+            yield f
+        for i, (audio, rate) in enumerate(self.turns):
+            step = rate * FRAME_MS // 1000
+            silence = np.zeros(step, np.float32)
+            self.turn_starts.append(t)
+            async for f in emit(audio, rate):
+                yield f
+            waited = 0.0
+            while waited < self.min_tail_s or (not self.is_idle() and waited < self.max_wait_s):
+                async for f in emit(silence, rate):
+                    yield f
+                waited += step / rate
+            if waited >= self.max_wait_s:
+                log.warning("turn %d: the agent did not finish within %.0f s; going on", i, self.max_wait_s)
+            async for f in emit(np.zeros(int(self.gap_s * rate), np.float32), rate):
+                yield f
+
+
+class TimelineRecorder:
+    """Collects user frames (left) and agent frames (right) by media time; writes one stereo WAV."""
+
+    def __init__(self, sample_rate: int = 24_000) -> None:
+        self.sample_rate = sample_rate
+        self._parts: list[tuple[int, float, np.ndarray, int]] = []  # channel, time, samples, rate
+        self.t0: float | None = None
+
+    def add(self, channel: int, frame: AudioFrame) -> None:
+        if self.t0 is None or frame.timestamp < self.t0:
+            self.t0 = frame.timestamp if self.t0 is None else min(self.t0, frame.timestamp)
+        if frame.samples.size:
+            self._parts.append((channel, frame.timestamp, frame.samples, frame.sample_rate))
+
+    def user(self, frame: AudioFrame) -> None:
+        self.add(0, frame)
+
+    def agent(self, frame: AudioFrame) -> None:
+        self.add(1, frame)
+
+    def render(self) -> np.ndarray:
+        if not self._parts or self.t0 is None:
+            return np.zeros((0, 2), np.float32)
+        sr = self.sample_rate
+        end = max(t + len(s) / r for _, t, s, r in self._parts)
+        out = np.zeros((int((end - self.t0) * sr) + sr // 10, 2), np.float32)
+        # frames of one channel are contiguous runs; resample each run once (no per-frame edges)
+        for ch in (0, 1):
+            runs: list[tuple[float, list[np.ndarray], int]] = []
+            for c, t, s, r in self._parts:
+                if c != ch:
+                    continue
+                if runs and runs[-1][2] == r and abs(runs[-1][0] + sum(map(len, runs[-1][1])) / r - t) < 1e-3:
+                    runs[-1][1].append(s)
+                else:
+                    runs.append((t, [s], r))
+            for t, pieces, r in runs:
+                audio = resample(np.concatenate(pieces), r, sr)
+                i = int(round((t - self.t0) * sr))
+                n = min(len(audio), len(out) - i)
+                out[i : i + n, ch] += audio[:n]
+        return np.clip(out, -1, 1)
+
+    def write(self, path: str | Path) -> float:
+        audio = self.render()
+        sf.write(str(path), audio, self.sample_rate, subtype="PCM_16")
+        return len(audio) / self.sample_rate
