@@ -1,0 +1,88 @@
+"""Fakes for fast, deterministic tests of the agent's logic on a virtual clock (no models)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.llm import LLMError
+from pipeline.audio import AudioFrame
+from pipeline.clock import Clock
+from tts.engine import VoiceOptions
+
+
+@dataclass
+class FakeTranscription:
+    text: str
+
+
+class FakeSTT:
+    """Returns scripted transcripts in order; records the audio lengths it was given."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = list(texts)
+        self.calls: list[int] = []
+
+    def transcribe(self, audio: np.ndarray) -> FakeTranscription:
+        self.calls.append(len(audio))
+        return FakeTranscription(self.texts.pop(0) if self.texts else "")
+
+
+class FakeLLM:
+    """Streams a scripted reply word by word, `token_s` apart on the clock; can fail mid-stream."""
+
+    def __init__(self, clock: Clock, replies: list[str], token_s: float = 0.03, fail_after: int | None = None,
+                 ttft_s: float = 0.1) -> None:
+        self.clock, self.replies, self.token_s, self.fail_after, self.ttft_s = clock, list(replies), token_s, fail_after, ttft_s
+        self.requests: list[list[dict]] = []
+        self.closed = 0
+
+    async def stream(self, messages: list[dict]):
+        self.requests.append(messages)
+        reply = self.replies.pop(0) if self.replies else "Okay."
+        try:
+            await self.clock.sleep_until(self.clock.now() + self.ttft_s)
+            for i, word in enumerate(reply.split(" ")):
+                if self.fail_after is not None and i >= self.fail_after:
+                    raise LLMError("LLM endpoint http://fake/v1 failed: connection reset")
+                yield word if i == 0 else " " + word
+                await self.clock.sleep_until(self.clock.now() + self.token_s)
+        finally:
+            self.closed += 1
+
+
+class FakeTTSEngine:
+    """A 'voice' that says every character for 60 ms as a quiet tone (so audio length tracks text)."""
+
+    voice_id = "fake-voice"
+    sample_rate = 16_000
+    options = VoiceOptions()
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def synthesize(self, text: str) -> np.ndarray:
+        self.calls.append(text)
+        n = int(len(text) * 0.06 * self.sample_rate)
+        return (0.1 * np.sin(np.arange(n) * 0.05)).astype(np.float32)
+
+
+@dataclass
+class RecordingSink:
+    """Collects what the playout released, by media time."""
+
+    frames: list[AudioFrame] = field(default_factory=list)
+
+    def __call__(self, frame: AudioFrame) -> None:
+        self.frames.append(frame)
+
+    def voiced_times(self) -> list[float]:
+        return [f.timestamp for f in self.frames if np.any(f.samples)]
+
+
+async def settle(clock: Clock, seconds: float) -> None:
+    """Let the virtual clock run for `seconds` of media time."""
+    await clock.sleep_until(clock.now() + seconds)
+    await asyncio.sleep(0)

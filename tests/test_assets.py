@@ -1,0 +1,85 @@
+"""Model assets: locating pinned packages, joining split files, sha256 checks.
+
+Uses the real installed packages for the happy path, and small temporary files (no model) for the
+failure paths: a missing package, a missing file, an altered file, a corrupted assembled file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from pipeline import assets
+from pipeline.assets import ModelAsset, ModelAssetError, PackagedFile, model_path
+
+
+def test_bundled_single_file_models_resolve_in_place():
+    d = model_path("tiny.en")
+    assert (d / "model.bin").is_file() and (d / "tokenizer.json").is_file()
+    assert model_path("silero-vad").joinpath("silero_vad.onnx").is_file()
+
+
+def test_unknown_model_key_is_a_clear_error():
+    with pytest.raises(ModelAssetError, match="unknown model 'nope'"):
+        model_path("nope")
+
+
+@pytest.fixture
+def fake_assets(monkeypatch, tmp_path):
+    """A package-like directory on sys.path holding two parts of a tiny 'model'."""
+    pkg = tmp_path / "site" / "fake_model_pkg"
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "data" / "a.bin").write_bytes(b"hello ")
+    (pkg / "data" / "b.bin").write_bytes(b"world")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("REJOINDER_CACHE", str(tmp_path / "cache"))
+    good = hashlib.sha256(b"hello world").hexdigest()
+
+    def register(sha: str = good, module: str = "fake_model_pkg", part: str = "data/b.bin") -> None:
+        asset = ModelAsset("fake", "Fake model", (
+            PackagedFile("joined.bin", sha, ((module, "data/a.bin"), (module, part))),
+        ))
+        monkeypatch.setitem(assets.ASSETS, "fake", asset)
+
+    return register, tmp_path
+
+
+def test_split_file_is_joined_into_cache_and_verified(fake_assets):
+    register, tmp = fake_assets
+    register()
+    d = model_path("fake")
+    assert d == tmp / "cache" / "fake"
+    assert (d / "joined.bin").read_bytes() == b"hello world"
+
+
+def test_missing_package_names_the_package(fake_assets):
+    register, _ = fake_assets
+    register(module="not_installed_pkg")
+    with pytest.raises(ModelAssetError, match=r"package 'not-installed-pkg' is not installed.*pip install"):
+        model_path("fake")
+
+
+def test_missing_file_in_package_says_reinstall(fake_assets):
+    register, _ = fake_assets
+    register(part="data/missing.bin")
+    with pytest.raises(ModelAssetError, match=r"missing; reinstall 'fake-model-pkg'"):
+        model_path("fake")
+
+
+def test_altered_file_fails_checksum(fake_assets):
+    register, _ = fake_assets
+    register(sha="0" * 64)
+    with pytest.raises(ModelAssetError, match=r"failed its sha256 check.*--force-reinstall --no-deps fake-model-pkg"):
+        model_path("fake")
+
+
+def test_corrupted_assembled_file_is_detected_and_named(fake_assets):
+    register, tmp = fake_assets
+    register()
+    d = model_path("fake")
+    (d / "joined.bin").write_bytes(b"hellX world")
+    assets._verified.clear()
+    with pytest.raises(ModelAssetError, match=r"failed its sha256 check.*delete .*joined.bin"):
+        model_path("fake")

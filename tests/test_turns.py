@@ -1,0 +1,127 @@
+"""Turn manager on fakes and a virtual clock: whole scripted turns in milliseconds, deterministic.
+
+Fakes: STT, LLM and TTS engine (tests/fakes.py). Real: the turn manager, streaming TTS wrapper,
+phrase splitter, playout and conversation context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from agent.context import Conversation
+from agent.turns import APOLOGY, State, TurnManager
+from pipeline.clock import VirtualClock
+from pipeline.events import SpeechEnded, SpeechStarted
+from tests.fakes import FakeLLM, FakeSTT, FakeTTSEngine, RecordingSink, settle
+from transport.playout import Playout
+from tts.stream import StreamingTTS
+
+AUDIO = np.zeros(16000, np.float32)
+
+
+class Rig:
+    def __init__(self, texts: list[str], replies: list[str], **llm_kw) -> None:
+        self.clock = VirtualClock()
+        self.sink = RecordingSink()
+        self.playout = Playout(self.clock, self.sink, sample_rate=16000)
+        self.stt = FakeSTT(texts)
+        self.llm = FakeLLM(self.clock, replies, **llm_kw)
+        self.engine = FakeTTSEngine()
+        self.tts = StreamingTTS(self.engine, working=self.clock.working)
+        self.events: list[dict] = []
+        self.turns = TurnManager(self.stt, self.llm, self.tts, self.playout, self.clock,
+                                 Conversation("be brief"), on_event=self.events.append)
+
+    async def __aenter__(self):
+        self._playout_task = asyncio.create_task(self.playout.run())
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.turns.aclose()
+        self._playout_task.cancel()
+        await asyncio.gather(self._playout_task, return_exceptions=True)
+
+    async def user_says(self, duration: float = 1.0) -> float:
+        """User speaks for `duration`, then the VAD ends the turn 0.5 s later. Returns last voiced time."""
+        t = self.clock.now()
+        await self.turns.handle(SpeechStarted(t))
+        await settle(self.clock, duration + 0.5)
+        await self.turns.handle(SpeechEnded(t, t + duration, self.clock.now(), AUDIO))
+        return t + duration
+
+
+def _leftover_tasks(before: set[asyncio.Task]) -> set[asyncio.Task]:
+    return {t for t in asyncio.all_tasks() if t not in before and not t.done()}
+
+
+async def test_two_turns_complete_with_metrics_and_history():
+    async with Rig(["hello there", "what time is it"], ["Hi! How can I help you today?", "It is noon."]) as rig:
+        before = asyncio.all_tasks()
+        last = await rig.user_says()
+        await rig.turns.wait_reply()
+        await rig.user_says()
+        await rig.turns.wait_reply()
+        assert not _leftover_tasks(before)
+    t0, t1 = rig.turns.turns
+    assert (t0.user_text, t0.agent_text, t0.heard_text) == ("hello there", "Hi! How can I help you today?",
+                                                             "Hi! How can I help you today?")
+    assert not t0.interrupted and t1.heard_text == "It is noon."
+    timings = t0.timings_ms()
+    assert timings["endpoint"] == pytest.approx(500, abs=1)
+    assert timings["voice_to_voice"] > timings["endpoint"] + 100  # LLM ttft of the fake is 100 ms
+    assert t0.first_audio_played_at > last
+    history = rig.turns.conversation.for_llm()
+    assert [m["role"] for m in history] == ["system", "user", "assistant", "user", "assistant"]
+    assert rig.llm.requests[1][-1] == {"role": "user", "content": "what time is it"}
+    assert rig.turns.state is State.LISTENING
+    states = [e["state"] for e in rig.events if e["type"] == "state"]
+    assert states[:4] == ["user_speaking", "thinking", "speaking", "listening"]
+
+
+async def test_barge_in_cancels_reply_flushes_audio_and_keeps_heard_words():
+    long_reply = "One two three four five. Six seven eight nine ten. Eleven twelve thirteen fourteen fifteen."
+    async with Rig(["tell me a story", "stop"], [long_reply, "Okay."]) as rig:
+        before = asyncio.all_tasks()
+        await rig.user_says()
+        while rig.turns.state is not State.SPEAKING:
+            await settle(rig.clock, 0.02)
+        await settle(rig.clock, 1.0)  # about one second of the reply is heard
+        await rig.turns.handle(SpeechStarted(rig.clock.now()))
+        barge_at = rig.clock.now()
+        await settle(rig.clock, 0.1)
+        assert rig.playout.buffered_s == 0
+        voiced_after = [t for t in rig.sink.voiced_times() if t > barge_at + 0.05]
+        assert voiced_after == [], "agent audio kept playing after the barge-in"
+        assert rig.llm.closed == 1, "the LLM stream was not closed by the cancel"
+        assert not _leftover_tasks(before) - {rig.turns._reply}
+    m = rig.turns.turns[0]
+    assert m.interrupted
+    assert m.heard_text and long_reply.startswith(m.heard_text.rstrip(".")[:10])
+    assert len(m.heard_text.split()) < len(long_reply.split())
+    assert m.tts["cancellation_latency_ms"] < 50
+    last = rig.turns.conversation.messages[-1]
+    assert last.role == "assistant" and last.interrupted and last.text == m.heard_text
+    assert "interrupted by the user" in rig.turns.conversation.for_llm()[-1]["content"]
+
+
+async def test_llm_failure_mid_reply_becomes_spoken_apology():
+    async with Rig(["hello"], ["This reply will break halfway through."], fail_after=2) as rig:
+        await rig.user_says()
+        await asyncio.wait_for(rig.turns.wait_reply(), 10)
+    m = rig.turns.turns[0]
+    assert m.error and "connection reset" in m.error
+    assert m.agent_text == APOLOGY
+    assert m.heard_text == APOLOGY
+    assert rig.turns.state is State.LISTENING
+
+
+async def test_empty_transcript_starts_no_reply():
+    async with Rig([""], ["never said"]) as rig:
+        await rig.user_says()
+        await rig.turns.wait_reply()
+    assert rig.llm.requests == []
+    assert rig.turns.turns[0].agent_text == ""
+    assert rig.turns.idle() and rig.turns.state is State.LISTENING
