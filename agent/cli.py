@@ -128,7 +128,8 @@ def transcribe(ctx, file, as_json, stt_model) -> None:
 
     async def go():
         audio, rate = read_audio(file)
-        audio, _ = sanitize(resample(audio, rate, 16000))
+        audio, _ = sanitize(audio)  # before resampling: the filter would smear a NaN over its neighbours
+        audio = resample(audio, rate, 16000)
         engine = WhisperEngine(cfg.stt)
         return engine.transcribe(audio)
 
