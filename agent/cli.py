@@ -115,6 +115,41 @@ def converse(ctx, inputs, out, json_path, fast, gap, **models) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Anything but loopback requires an access token.")
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--ice-server", "ice_servers", multiple=True, metavar="URL",
+              help="STUN/TURN server (stun:HOST:PORT, turn:USER:PASS@HOST:PORT); repeatable. Default: none.")
+@click.option("--token", help="Access token for /offer (default: generated when --host is not loopback).")
+@click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), help="TLS certificate (PEM) for HTTPS.")
+@click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="TLS private key (PEM) for HTTPS.")
+@click.option("--max-sessions", type=int, default=4, show_default=True, help="Concurrent browser sessions.")
+@model_options
+@click.pass_context
+def serve(ctx, host, port, ice_servers, token, cert, key, max_sessions, **models) -> None:
+    """Talk to the agent in a browser over WebRTC: loads the models, then prints the URL."""
+    from agent.stack import load_stack
+    from transport.server import ServeOptions
+    from transport.server import serve as run_server
+
+    cfg = _config(ctx, **_overrides(**models))
+    try:
+        opts = ServeOptions(host=host, port=port, ice_servers=list(ice_servers), token=token, cert=cert, key=key,
+                            max_sessions=max_sessions)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+    async def go():
+        async with load_stack(cfg, _progress) as stack:
+            try:
+                await run_server(stack, opts, announce=click.echo)
+            except OSError as exc:
+                _fail(str(exc))
+
+    _run(go())
+
+
+@main.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--stt-model", help="tiny.en (default), base, or a CTranslate2 directory.")

@@ -1,0 +1,373 @@
+"""WebRTC as an edge: one aiortc peer per browser, carrying the user's microphone in and the agent's
+voice out, plus a data channel ("events") for JSON events both ways.
+
+    browser mic ──RTP/Opus──▶ track_frames() ──AudioFrame──▶ Session ──▶ Playout ──sink──▶ AgentAudioTrack ──▶ browser
+
+aiortc pulls audio out (`MediaStreamTrack.recv()`), so the output track paces itself to the wall
+clock; it holds at most a few 20 ms frames, so a barge-in flush in `Playout` is heard at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import logging
+import time
+from collections import deque
+from typing import Any, AsyncIterator, Callable, Protocol
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from pipeline.audio import AudioFrame
+from pipeline.clock import Clock, RealClock
+
+log = logging.getLogger(__name__)
+
+OUT_RATE = 48_000
+OUT_FRAME = OUT_RATE * 20 // 1000  # 960 samples = 20 ms
+EVENTS_CHANNEL = "events"
+
+
+# --- audio in ------------------------------------------------------------------------------------
+def frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
+    """Any av audio frame (s16/s32/flt, packed or planar, mono or stereo) → mono float32 in [-1, 1]."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if frame.format.is_planar:
+        data = data.reshape(channels, -1)  # (channels, samples)
+    else:
+        data = data.reshape(-1, channels).T  # packed: interleaved in one row
+    if data.dtype.kind in "iu":
+        data = data.astype(np.float32) / (float(np.iinfo(data.dtype).max) + 1.0)
+    mono = data.mean(axis=0) if channels > 1 else data[0]
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+async def track_frames(track: MediaStreamTrack, clock: Clock) -> AsyncIterator[AudioFrame]:
+    """The remote microphone as pipeline frames, stamped on the session clock when they arrive.
+
+    A frame is stamped with the media time its first sample was received (`now - duration`), kept
+    non-decreasing, so the VAD's "last voiced" time is when the server heard it. Ends with the track.
+    """
+    last = float("-inf")
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        samples = frame_to_mono(frame)
+        t = max(clock.now() - len(samples) / frame.sample_rate, last)
+        last = t + len(samples) / frame.sample_rate
+        yield AudioFrame(samples, frame.sample_rate, t)
+
+
+# --- audio out -----------------------------------------------------------------------------------
+class AgentAudioTrack(MediaStreamTrack):
+    """The agent's voice: 20 ms, 48 kHz, s16 mono frames, paced to the wall clock.
+
+    `push` is the session's `Playout` sink. The queue is tiny (`max_frames`): Playout already paces,
+    this only absorbs scheduling jitter, and after a flush nothing stale is left to play.
+    """
+
+    kind = "audio"
+
+    def __init__(self, max_frames: int = 4, grace_s: float = 0.010) -> None:
+        super().__init__()
+        self._frames: deque[np.ndarray] = deque()
+        self._max_frames = max_frames
+        self._grace_s = grace_s
+        self._arrived = asyncio.Event()
+        self._start: float | None = None
+        self._pts = 0
+        self.dropped = 0  # frames dropped because the queue was full (the loop stalled)
+        self.sent_voiced_at: float | None = None  # wall time of the first non-silent frame sent
+
+    def push(self, frame: AudioFrame) -> None:
+        """Queue one Playout frame (mono float32 at 48 kHz, 20 ms)."""
+        if frame.sample_rate != OUT_RATE:
+            raise ValueError(f"AgentAudioTrack needs {OUT_RATE} Hz frames, got {frame.sample_rate} Hz; "
+                             f"create the session with output_rate={OUT_RATE}")
+        pcm = np.clip(frame.samples * 32768.0, -32768, 32767).astype(np.int16)
+        self._frames.append(pcm)
+        while len(self._frames) > self._max_frames:
+            self._frames.popleft()
+            self.dropped += 1
+        self._arrived.set()
+
+    def clear(self) -> None:
+        self._frames.clear()
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        deadline = self._start + self._pts / OUT_RATE
+        delay = deadline - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.5:  # far behind (loop stalled): re-anchor rather than burst
+            self._start = time.monotonic() - self._pts / OUT_RATE
+        if not self._frames:
+            # Playout runs on the same clock, slightly out of phase: give its next frame a moment
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), self._grace_s)
+            except asyncio.TimeoutError:
+                pass
+        pcm = self._frames.popleft() if self._frames else np.zeros(OUT_FRAME, np.int16)
+        if len(pcm) != OUT_FRAME:
+            pcm = np.pad(pcm, (0, max(0, OUT_FRAME - len(pcm))))[:OUT_FRAME]
+        if self.sent_voiced_at is None and np.any(pcm):
+            self.sent_voiced_at = time.monotonic()
+        out = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        out.sample_rate = OUT_RATE
+        out.pts = self._pts
+        out.time_base = fractions.Fraction(1, OUT_RATE)
+        self._pts += OUT_FRAME
+        return out
+
+
+# --- configuration -------------------------------------------------------------------------------
+def parse_ice_server(spec: str) -> RTCIceServer:
+    """`stun:host:port`, `turn:host:port?transport=udp`, or `turn:USER:PASS@host:port` (credentials)."""
+    scheme, sep, rest = spec.partition(":")
+    if not sep or scheme not in ("stun", "stuns", "turn", "turns") or not rest:
+        raise ValueError(f"--ice-server {spec!r}: expected stun:HOST[:PORT] or turn:[USER:PASS@]HOST[:PORT]")
+    if "@" in rest:
+        cred, host = rest.rsplit("@", 1)
+        user, _, password = cred.partition(":")
+        return RTCIceServer(urls=f"{scheme}:{host}", username=user or None, credential=password or None)
+    return RTCIceServer(urls=spec)
+
+
+def rtc_configuration(ice_servers: list[str]) -> RTCConfiguration:
+    """Explicit ICE servers only: with an empty list aiortc would otherwise use a public STUN server."""
+    return RTCConfiguration(iceServers=[parse_ice_server(s) for s in ice_servers])
+
+
+_loopback_enabled = False
+
+
+def enable_loopback_candidates() -> None:
+    """Offer 127.0.0.1 as a host ICE candidate (aioice leaves it out), for same-machine peers.
+
+    Needed where loopback is the only interface (a network namespace, CI); harmless elsewhere.
+    Process-wide and idempotent.
+    """
+    global _loopback_enabled
+    if _loopback_enabled:
+        return
+    import aioice.ice
+
+    original = aioice.ice.get_host_addresses
+
+    def with_loopback(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        addresses = original(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+        if use_ipv4 and "127.0.0.1" not in addresses:
+            addresses.append("127.0.0.1")
+        return addresses
+
+    aioice.ice.get_host_addresses = with_loopback
+    _loopback_enabled = True
+
+
+# --- one browser ---------------------------------------------------------------------------------
+class SessionLike(Protocol):
+    async def run(self, frames: AsyncIterator[AudioFrame]) -> None: ...
+
+
+class StackLike(Protocol):
+    """What a peer needs from the agent: `agent.stack.AgentStack` (or a fake in tests)."""
+
+    def new_session(self, clock: Clock, sink: Callable[[AudioFrame], Any], output_rate: int = ...,
+                    on_event: Callable[[dict], None] | None = ...) -> SessionLike: ...
+
+
+class PeerSession:
+    """One browser: its peer connection, one agent session, the events channel, and the teardown.
+
+    `closed` is set once everything it started has stopped (session task, peer connection, tracks).
+    """
+
+    def __init__(self, stack: StackLike, ice_servers: list[str] | None = None, idle_timeout_s: float = 600.0,
+                 connect_timeout_s: float = 30.0, name: str = "peer") -> None:
+        self.stack, self.name = stack, name
+        self.clock = RealClock()
+        self.pc = RTCPeerConnection(rtc_configuration(ice_servers or []))
+        self.out_track = AgentAudioTrack()
+        self.channel = None
+        self.idle_timeout_s, self.connect_timeout_s = idle_timeout_s, connect_timeout_s
+        self.created = time.monotonic()
+        self.connected_at: float | None = None
+        self.last_activity = time.monotonic()
+        self.events: list[dict] = []  # everything sent to the browser (kept for tests and logs)
+        self.client_v2v: dict[int, float] = {}
+        self.server_v2v: dict[int, float | None] = {}
+        self.closed = asyncio.Event()
+        self._pending: list[str] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._session_task: asyncio.Task | None = None
+        self._closing = False
+        self._heard_rid: str | None = None
+        self._heard_sent = ""
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    async def accept(self, offer: RTCSessionDescription) -> RTCSessionDescription:
+        """Apply the browser's offer and return our answer (ICE candidates gathered, no trickle)."""
+        await self.pc.setRemoteDescription(offer)
+        self.pc.addTrack(self.out_track)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self._spawn(self._watchdog(), "watchdog")
+        return self.pc.localDescription
+
+    # --- events ----------------------------------------------------------------------------------
+    def send(self, event: dict) -> None:
+        """Send one JSON event to the browser (queued until the channel opens)."""
+        self.events.append(event)
+        text = json.dumps(event, default=float)
+        if self.channel is not None and self.channel.readyState == "open":
+            self.channel.send(text)
+        else:
+            self._pending.append(text)
+
+    def _on_agent_event(self, event: dict) -> None:
+        self.last_activity = time.monotonic()
+        if event.get("type") == "turn":
+            m = event["metrics"]
+            self.server_v2v[m["index"]] = m["timings_ms"].get("voice_to_voice")
+            self._heard_rid = None
+        self.send(event)
+
+    def _on_datachannel(self, channel) -> None:
+        if channel.label != EVENTS_CHANNEL:
+            log.info("%s: ignoring data channel %r", self.name, channel.label)
+            return
+        self.channel = channel
+        channel.on("message", self._on_message)
+        channel.on("open", self._flush_pending)
+        if channel.readyState == "open":
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for text in pending:
+            self.channel.send(text)
+
+    def _on_message(self, message: Any) -> None:
+        self.last_activity = time.monotonic()
+        try:
+            msg = json.loads(message)
+            kind = msg["type"]
+        except (ValueError, TypeError, KeyError):
+            log.info("%s: ignoring a data channel message that is not a JSON event: %.80r", self.name, message)
+            return
+        if kind == "client_v2v":
+            try:
+                turn, ms = int(msg["turn"]), float(msg["ms"])
+            except (KeyError, TypeError, ValueError):
+                log.info("%s: client_v2v needs integer 'turn' and number 'ms': %.80r", self.name, message)
+                return
+            self.client_v2v[turn] = ms
+            server = self.server_v2v.get(turn)
+            log.info("%s: turn %d voice-to-voice: client %.0f ms, server %s ms", self.name, turn, ms, server)
+            self.send({"type": "v2v", "turn": turn, "client_ms": ms, "server_ms": server})
+        elif kind == "bye":
+            self._spawn(self.close(), "close")
+        elif kind != "ping":
+            log.info("%s: unknown event type %r", self.name, kind)
+
+    # --- media -----------------------------------------------------------------------------------
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind != "audio" or self._session_task is not None:
+            return
+        self._session_task = self._spawn(self._run_session(track), "session")
+
+    async def _run_session(self, track: MediaStreamTrack) -> None:
+        session = self.stack.new_session(self.clock, self.out_track.push, output_rate=OUT_RATE,
+                                         on_event=self._on_agent_event)
+        heard = self._spawn(self._heard_text_loop(session), "heard")
+        try:
+            await session.run(track_frames(track, self.clock))
+        except Exception:
+            log.exception("%s: the agent session failed", self.name)
+            self.send({"type": "error", "message": "the agent session failed; see the server log"})
+        finally:
+            heard.cancel()
+        if not self._closing:
+            self._spawn(self.close(), "close")
+
+    async def _heard_text_loop(self, session: Any) -> None:
+        """Send the agent's words as they are played (`Playout.heard_text`), a few times a second."""
+        playout = getattr(session, "playout", None)
+        if playout is None:
+            return
+        play = playout.play
+
+        async def tracking_play(chunk):  # learn the id of the reply being spoken
+            if chunk.request_id != self._heard_rid:
+                self._heard_rid, self._heard_sent = chunk.request_id, ""
+            await play(chunk)
+
+        playout.play = tracking_play
+        while True:
+            await asyncio.sleep(0.15)
+            rid = self._heard_rid
+            if rid is None:
+                continue
+            text = playout.heard_text(rid)
+            if text and text != self._heard_sent:
+                self._heard_sent = text
+                self.send({"type": "agent_heard", "text": text})
+
+    # --- lifetime --------------------------------------------------------------------------------
+    async def _on_state(self) -> None:
+        state = self.pc.connectionState
+        log.info("%s: connection %s", self.name, state)
+        if state == "connected" and self.connected_at is None:
+            self.connected_at = time.monotonic()
+            self.send({"type": "connected", "connect_ms": round((self.connected_at - self.created) * 1000, 1)})
+        elif state in ("failed", "closed"):
+            self._spawn(self.close(), "close")
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            if self.connected_at is None and now - self.created > self.connect_timeout_s:
+                log.info("%s: not connected after %.0f s; closing", self.name, self.connect_timeout_s)
+                break
+            if now - self.last_activity > self.idle_timeout_s:
+                log.info("%s: idle for %.0f s; closing", self.name, self.idle_timeout_s)
+                self.send({"type": "closing", "reason": "idle timeout"})
+                await asyncio.sleep(0.2)
+                break
+        self._spawn(self.close(), "close")
+
+    def _spawn(self, coro, what: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=f"{self.name}-{what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def close(self) -> None:
+        """Stop the agent session, close the peer, cancel every task this peer started. Idempotent."""
+        if self._closing:
+            await self.closed.wait()
+            return
+        self._closing = True
+        me = asyncio.current_task()
+        others = [t for t in self._tasks if t is not me]
+        for t in others:
+            t.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        self.out_track.stop()
+        await self.pc.close()
+        self.closed.set()
+        log.info("%s: closed", self.name)
