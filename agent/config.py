@@ -46,6 +46,7 @@ class AgentConfig:
     tts: TTSOptions = field(default_factory=TTSOptions)
     vad: VADOptions = field(default_factory=VADOptions)
     system_prompt: str = SPEECH_SYSTEM_PROMPT
+    echo_cancel: bool = True  # remove the agent's own voice from the microphone (speakers, no headset)
 
 
 _SECTIONS = {"stt": "stt", "llm": "llm", "embedded_llm": "embedded_llm", "tts": "tts", "vad": "vad"}

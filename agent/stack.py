@@ -19,6 +19,7 @@ from agent.llm_server import EmbeddedLLMServer
 from agent.prompts import PRIMER
 from agent.turns import TurnManager, TurnOptions
 from pipeline.clock import Clock
+from pipeline.echo import EchoCanceller
 from pipeline.session import Session
 from pipeline.vad import SileroVAD, VADSegmenter
 from stt.whisper import WhisperEngine
@@ -43,14 +44,21 @@ class AgentStack:
         self, clock: Clock, sink: Sink, output_rate: int = 24_000, on_event: Callable[[dict], None] | None = None,
         turn_options: TurnOptions | None = None,
     ) -> Session:
-        playout = Playout(clock, sink, sample_rate=output_rate)
+        echo = EchoCanceller() if self.config.echo_cancel else None
+
+        def sink_and_reference(frame):
+            if echo is not None:
+                echo.played(frame)  # what the user's speaker is about to play: the echo reference
+            return sink(frame)
+
+        playout = Playout(clock, sink_and_reference, sample_rate=output_rate)
         tts = StreamingTTS(self.tts_engine, self.cache, chunk_ms=self.config.tts.chunk_ms, working=clock.working)
         turns = TurnManager(
             self.stt, self.llm, tts, playout, clock, Conversation(self.config.system_prompt, PRIMER),
             options=turn_options, on_event=on_event,
         )
         segmenter = VADSegmenter(self.config.vad, SileroVAD())
-        return Session(segmenter, turns, playout, clock)
+        return Session(segmenter, turns, playout, clock, echo)
 
 
 @contextlib.asynccontextmanager

@@ -1,6 +1,8 @@
 """A session wires one transport to listening, the agent and speaking.
 
-    audio input ──frames──▶ VADSegmenter ──events──▶ TurnManager ──chunks──▶ Playout ──▶ audio output
+    audio input ──frames──▶ EchoCanceller ──▶ VADSegmenter ──events──▶ TurnManager ──chunks──▶ Playout ──▶ out
+                                  ▲ played reference                                                │
+                                  └──────────────────────────────────────────────────────────────────┘
 
 The session owns the tasks of one conversation inside one TaskGroup (input loop, playout); the
 turn manager owns the per-reply scopes. When the input ends, the session waits for the reply in
@@ -16,6 +18,7 @@ from typing import AsyncIterable
 from agent.turns import TurnManager
 from pipeline.audio import AudioFrame, sanitize
 from pipeline.clock import Clock
+from pipeline.echo import EchoCanceller
 from pipeline.vad import VADSegmenter
 from transport.playout import Playout
 
@@ -23,8 +26,12 @@ log = logging.getLogger(__name__)
 
 
 class Session:
-    def __init__(self, segmenter: VADSegmenter, turns: TurnManager, playout: Playout, clock: Clock) -> None:
+    def __init__(
+        self, segmenter: VADSegmenter, turns: TurnManager, playout: Playout, clock: Clock,
+        echo: EchoCanceller | None = None,
+    ) -> None:
         self.segmenter, self.turns, self.playout, self.clock = segmenter, turns, playout, clock
+        self.echo = echo  # fed the played audio by the playout's sink (see AgentStack.new_session)
         self.bad_samples = 0
 
     async def run(self, frames: AsyncIterable[AudioFrame]) -> None:
@@ -36,6 +43,8 @@ class Session:
                     if bad:
                         self.bad_samples += bad
                         frame = AudioFrame(clean, frame.sample_rate, frame.timestamp)
+                    if self.echo is not None:
+                        frame = self.echo.process(frame)
                     for event in self.segmenter.process(frame):
                         await self.turns.handle(event)
                 for event in self.segmenter.flush(self.clock.now()):

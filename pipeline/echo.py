@@ -1,0 +1,169 @@
+"""Echo-safe listening: remove the agent's own voice from the microphone before the VAD hears it.
+
+The agent knows exactly what it played and when (the playout's frames, in media time). Speakers
+leak that signal back into the microphone, delayed and attenuated. This canceller keeps the played
+reference, finds the echo path's delay and gain by cross-correlation while the agent speaks, and
+subtracts the predicted echo, so the VAD sees the user alone: echo never counts as barge-in, while
+a real interruption (which the reference cannot predict) passes through.
+
+It models the echo path as one delay and one gain (a loudspeaker-to-microphone path without room
+reverberation, or a browser that already ran its own AEC and left a residue). A residual-echo
+suppressor covers what the subtraction misses: while echo is expected, a residual more than 10 dB
+below it is muted. Before the first estimate, while the agent is audible, only a voice louder than
+the agent's own output passes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.audio import STT_RATE, AudioFrame, StreamResampler
+
+
+@dataclass
+class EchoOptions:
+    max_delay_ms: float = 400.0  # longest echo path searched (device + network buffering)
+    estimate_every_ms: float = 250.0
+    window_ms: float = 1000.0  # audio used for each delay/gain estimate
+    min_correlation: float = 0.7  # below this the estimate is not trusted (e.g. user talking over)
+    residual_floor: float = 0.1  # residual energy below this × the echo's is leftover echo (-10 dB)
+
+
+class EchoCanceller:
+    """Reference in (`played`), microphone in (`process`), residual out; all 16 kHz internally."""
+
+    def __init__(self, options: EchoOptions | None = None) -> None:
+        self.o = options or EchoOptions()
+        self.rate = STT_RATE
+        self._max_lag = int(self.o.max_delay_ms * self.rate / 1000)
+        keep = self._max_lag + int(self.o.window_ms * self.rate / 1000) * 2
+        self._ref = np.zeros(keep, np.float32)  # ring of the last `keep` samples of played audio
+        self._ref_end: int | None = None  # absolute sample index (media time × rate) of the ring's end
+        self._mic_hist: deque[np.ndarray] = deque()
+        self._mic_end: int | None = None
+        self._ref_rs: _Track | None = None
+        self._mic_rs: _Track | None = None
+        self._since_estimate = 0
+        self.delay: int | None = None  # samples
+        self.gain = 0.0
+        self.correlation = 0.0
+
+    # --- reference -----------------------------------------------------------------------------
+    def played(self, frame: AudioFrame) -> None:
+        self._ref_rs, start = _restart_if_needed(self._ref_rs, frame, self.rate)
+        x = self._ref_rs.resampler(frame.samples)
+        self._ref_rs.pos += len(x)
+        end = start + len(x)
+        if self._ref_end is not None and end < self._ref_end:
+            return
+        self._push_ref(x, end)
+
+    def _push_ref(self, x: np.ndarray, end: int) -> None:
+        if self._ref_end is not None and end - len(x) > self._ref_end:  # a gap: fill with silence
+            self._push_ref(np.zeros(min(end - len(x) - self._ref_end, len(self._ref)), np.float32), end - len(x))
+        n = min(len(x), len(self._ref))
+        if n == 0:
+            return
+        self._ref = np.roll(self._ref, -n)
+        self._ref[-n:] = x[-n:]
+        self._ref_end = end
+
+    def _ref_segment(self, start: int, n: int) -> np.ndarray:
+        """Reference samples [start, start+n) in absolute sample time (zeros where unknown)."""
+        out = np.zeros(n, np.float32)
+        if self._ref_end is None:
+            return out
+        ring_start = self._ref_end - len(self._ref)
+        a, b = max(start, ring_start), min(start + n, self._ref_end)
+        if b > a:
+            out[a - start : b - start] = self._ref[a - ring_start : b - ring_start]
+        return out
+
+    # --- microphone ----------------------------------------------------------------------------
+    def process(self, frame: AudioFrame) -> AudioFrame:
+        """Return the microphone frame at 16 kHz with the predicted echo removed."""
+        self._mic_rs, start = _restart_if_needed(self._mic_rs, frame, self.rate)
+        mic = self._mic_rs.resampler(frame.samples)
+        self._mic_rs.pos += len(mic)
+        self._remember_mic(mic, start)
+        self._since_estimate += len(mic)
+        if self._since_estimate >= self.o.estimate_every_ms * self.rate / 1000:
+            self._since_estimate = 0
+            self._estimate()
+        out = mic
+        if self.delay is None and mic.size:
+            # no echo path known yet: while the agent is audible, only a voice louder than it passes
+            recent = self._ref_segment(start - self._max_lag, self._max_lag + len(mic))
+            loudest = float(np.max(_block_energy(recent, len(mic))))
+            if loudest > 1e-6 and float(np.mean(mic**2)) < 2.0 * loudest:
+                out = np.zeros_like(mic)
+        elif self.gain > 0 and mic.size:
+            echo = self.gain * self._ref_segment(start - self.delay, len(mic))
+            out = mic - echo
+            e_echo = float(np.mean(echo**2))
+            if e_echo > 1e-7 and float(np.mean(out**2)) < self.o.residual_floor * e_echo:
+                out = np.zeros_like(out)  # only subtraction error is left (Silero hears even -20 dB)
+        return AudioFrame(out.astype(np.float32, copy=False), self.rate, frame.timestamp)
+
+    def _remember_mic(self, mic: np.ndarray, start: int) -> None:
+        self._mic_hist.append(mic)
+        self._mic_end = start + len(mic)
+        need = int(self.o.window_ms * self.rate / 1000)
+        while sum(map(len, self._mic_hist)) - len(self._mic_hist[0]) > need:
+            self._mic_hist.popleft()
+
+    def _estimate(self) -> None:
+        """Delay by cross-correlation of the last window of mic against the reference, gain by LS."""
+        if self._mic_end is None or self._ref_end is None:
+            return
+        mic = np.concatenate(self._mic_hist)
+        n = len(mic)
+        start = self._mic_end - n
+        ref = self._ref_segment(start - self._max_lag, n + self._max_lag)
+        if float(np.mean(ref**2)) < 1e-6 or float(np.mean(mic**2)) < 1e-8:
+            return  # agent silent or mic silent: nothing to learn from
+        size = 1 << int(np.ceil(np.log2(len(ref) + n)))
+        # corr[k] = sum_i mic[i] * ref[i + k]; a delay d means ref offset k = max_lag - d
+        corr = np.fft.irfft(np.conj(np.fft.rfft(mic, size)) * np.fft.rfft(ref, size), size)[: self._max_lag + 1]
+        d = int(np.argmax(corr[::-1]))
+        aligned = ref[self._max_lag - d : self._max_lag - d + n]
+        denom = float(np.dot(aligned, aligned))
+        if denom <= 0:
+            return
+        gain = float(np.dot(mic, aligned)) / denom
+        corr = float(np.dot(mic, aligned)) / (np.sqrt(denom * float(np.dot(mic, mic))) + 1e-12)
+        if corr >= self.o.min_correlation and gain > 0:
+            self.delay, self.gain, self.correlation = d, gain, corr
+
+
+@dataclass
+class _Track:
+    """A streaming resampler plus the absolute 16 kHz sample position of its next output sample.
+
+    soxr holds back a few ms at the start of a stream; counting output samples (rather than
+    deriving positions from each frame's timestamp) keeps reference and microphone aligned.
+    """
+
+    resampler: StreamResampler
+    from_rate: int
+    pos: int
+    next_ts: float
+
+
+def _restart_if_needed(track: _Track | None, frame: AudioFrame, rate: int) -> tuple[_Track, int]:
+    """Return the track and the output position of this frame; restart on a rate change or a gap."""
+    gap = track is not None and abs(frame.timestamp - track.next_ts) > 0.03
+    if track is None or track.from_rate != frame.sample_rate or gap:
+        track = _Track(StreamResampler(frame.sample_rate, rate), frame.sample_rate,
+                       int(round(frame.timestamp * rate)), frame.timestamp)
+    start = track.pos
+    track.next_ts = frame.timestamp + len(frame.samples) / frame.sample_rate
+    return track, start
+
+
+def _block_energy(x: np.ndarray, block: int) -> np.ndarray:
+    n = max(1, len(x) // block)
+    return np.mean(x[: n * block].reshape(n, block) ** 2, axis=1) if len(x) >= block else np.array([np.mean(x**2)])

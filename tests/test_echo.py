@@ -1,0 +1,71 @@
+"""Echo-safe listening on REAL audio: Piper's voice leaking back into the microphone (delayed,
+attenuated) must never start a user turn in the real Silero VAD, while a real recorded user talking
+over it still does. No fakes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.audio import frames_from_array, read_audio, resample
+from pipeline.echo import EchoCanceller
+from pipeline.events import SpeechStarted
+from pipeline.vad import SileroVAD, VADOptions, VADSegmenter
+from tests.conftest import DATA
+from tts.piper_engine import PiperEngine
+
+REPLIES = [
+    "Sure, I can help with that. The store opens at ten thirty on Monday and closes at six.",
+    "Paris is the capital of France. It is famous for its museums, cafes and the Eiffel Tower.",
+]
+
+
+@pytest.fixture(scope="module")
+def agent_voice() -> list[np.ndarray]:
+    engine = PiperEngine()
+    return [engine.synthesize(r) for r in REPLIES]
+
+
+def run(agent22k: np.ndarray, echo_db: float, delay_ms: float, user: np.ndarray | None, user_at: float,
+        cancel: bool = True) -> list[float]:
+    """Play the agent at 24 kHz, build the mic at 16 kHz (echo + optional user), return speech starts."""
+    played = resample(agent22k, 22050, 24000)
+    agent16 = resample(agent22k, 22050, 16000)
+    n = len(agent16) + 16000
+    mic = np.zeros(n, np.float32)
+    d = int(delay_ms * 16)
+    mic[d : d + len(agent16)] += 10 ** (echo_db / 20) * agent16[: n - d]
+    if user is not None:
+        i = int(user_at * 16000)
+        mic[i : i + len(user)] += user[: n - i]
+    canceller = EchoCanceller() if cancel else None
+    segmenter = VADSegmenter(VADOptions(), SileroVAD())
+    starts: list[float] = []
+    out_frames = frames_from_array(np.concatenate([played, np.zeros(24000, np.float32)]), 24000)
+    for out, inp in zip(out_frames, frames_from_array(mic, 16000)):
+        if canceller is not None:
+            canceller.played(out)
+            inp = canceller.process(inp)
+        starts += [e.at for e in segmenter.process(inp) if isinstance(e, SpeechStarted)]
+    return starts
+
+
+@pytest.mark.parametrize("delay_ms", [20, 80, 140, 200])
+@pytest.mark.parametrize("echo_db", [-10, -3])
+def test_echo_alone_never_starts_a_turn(agent_voice, echo_db, delay_ms):
+    for reply in agent_voice:
+        assert run(reply, echo_db, delay_ms, None, 0) == []
+
+
+def test_without_cancellation_echo_would_interrupt(agent_voice):
+    """The scenario is real: the raw echo does trigger the VAD (so the test above can fail)."""
+    assert run(agent_voice[0], -10, 80, None, 0, cancel=False) != []
+
+
+@pytest.mark.parametrize("delay_ms", [20, 120, 200])
+def test_user_talking_over_the_echo_is_still_heard(agent_voice, delay_ms):
+    user, rate = read_audio(DATA / "goforward.wav")
+    user = resample(user, rate, 16000)
+    for reply in agent_voice:
+        starts = run(reply, -10, delay_ms, user, user_at=1.5)
+        assert len(starts) == 1 and 1.5 < starts[0] < 2.3, starts
