@@ -37,19 +37,27 @@ class TTSMetrics:
 
     request_id: str
     voice_id: str
-    ttfa_ms: float | None = None  # first text handed in → first audio chunk ready
-    synth_ms: float = 0.0  # time spent synthesizing
-    generated_audio_ms: float = 0.0
+    ttfa_ms: float | None = None  # first (non-empty) text handed in → first audio chunk ready
+    synth_ms: float = 0.0  # wall time spent waiting on synthesis steps
+    synthesized_audio_ms: float = 0.0  # audio made by the engine (cache hits excluded)
+    generated_audio_ms: float = 0.0  # audio emitted in chunks (cache hits included)
     chunks: int = 0
-    chunk_gaps_ms: list[float] = field(default_factory=list)  # between consecutive chunks being ready
+    # Cadence: gaps between consecutive chunks becoming ready (across phrases too). When the consumer
+    # pulls as fast as it can (a benchmark), a gap is synthesis time; in a session it is paced by
+    # playout. Underruns: chunks that a player starting at the first chunk and playing without a
+    # pause would have waited for (after the first), and the total silence they would have caused.
+    chunk_gaps_ms: list[float] = field(default_factory=list)
+    underruns: int = 0
+    underrun_ms: float = 0.0
     cancelled: bool = False
-    cancellation_latency_ms: float | None = None
+    cancellation_latency_ms: float | None = None  # cancel requested → the request acknowledged it
     cache_hits: int = 0
     cache_lookups: int = 0
 
     @property
     def rtf(self) -> float | None:
-        return self.synth_ms / self.generated_audio_ms if self.generated_audio_ms else None
+        """Real-time factor of the engine: synthesis time / synthesized audio (cache hits excluded)."""
+        return self.synth_ms / self.synthesized_audio_ms if self.synthesized_audio_ms else None
 
     def as_dict(self) -> dict:
         gaps = self.chunk_gaps_ms
@@ -65,6 +73,8 @@ class TTSMetrics:
                 "median": _r(statistics.median(gaps)) if gaps else None,
                 "max": _r(max(gaps)) if gaps else None,
             },
+            "underruns": self.underruns,
+            "underrun_ms": _r(self.underrun_ms),
             "cancelled": self.cancelled,
             "cancellation_latency_ms": _r(self.cancellation_latency_ms),
             "cache_hits": self.cache_hits,

@@ -7,7 +7,7 @@ incremental input, chunking, cancellation, caching and metrics.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import numpy as np
 
@@ -33,4 +33,15 @@ class TTSEngine(Protocol):
 
     def synthesize(self, text: str) -> np.ndarray:
         """Blocking: mono float32 audio for one phrase (may be empty if nothing is speakable)."""
+        ...
+
+
+class StreamingTTSEngine(TTSEngine, Protocol):
+    """Optional: an engine that can hand out a phrase's audio in pieces. `StreamingTTS` uses
+    `stream` when an engine has it, and `synthesize` (one piece per phrase) otherwise."""
+
+    def stream(self, text: str, first_samples: int | None = None) -> Iterator[tuple[np.ndarray, int]]:
+        """Blocking iterator of (audio piece, expected total samples of the phrase); the first piece
+        about `first_samples` long; each `next()` a bounded amount of work, so a caller can stop
+        between pieces."""
         ...
