@@ -75,6 +75,7 @@ def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
 
 _model_options = [
     click.option("--stt-model", help="Whisper model: tiny.en (default), base, or a CTranslate2 directory."),
+    click.option("--stt-url", help="OpenAI-compatible transcription endpoint (…/v1) instead of local Whisper."),
     click.option("--llm-url", help="OpenAI-compatible endpoint (…/v1). Default: the embedded model."),
     click.option("--llm-model", help="Model name at --llm-url."),
     click.option("--voice", help="Piper voice: piper-joe (default) or a path to a .onnx voice."),
@@ -88,8 +89,8 @@ def model_options(f):
     return f
 
 
-def _overrides(stt_model=None, llm_url=None, llm_model=None, voice=None, rate=None) -> dict:
-    return {"stt.model": stt_model, "llm.url": llm_url, "llm.model": llm_model, "tts.voice": voice, "tts.rate": rate}
+def _overrides(stt_model=None, stt_url=None, llm_url=None, llm_model=None, voice=None, rate=None) -> dict:
+    return {"stt.model": stt_model, "stt.url": stt_url, "llm.url": llm_url, "llm.model": llm_model, "tts.voice": voice, "tts.rate": rate}
 
 
 @main.command()
@@ -99,14 +100,18 @@ def _overrides(stt_model=None, llm_url=None, llm_model=None, voice=None, rate=No
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Per-turn metrics JSON.")
 @click.option("--fast", is_flag=True, help="Virtual clock: skip idle waiting (compute still costs real time).")
 @click.option("--gap", type=float, default=1.0, show_default=True, help="Seconds between the agent's reply and the next turn.")
+@click.option("--interrupt-after", type=float, help="Start the next turn this many seconds after the agent's first audio (barge-in).")
+@click.option("--echo-db", type=float, help="Mix the agent's own output back into its input at this level (e.g. -10).")
+@click.option("--echo-delay-ms", type=float, default=100.0, show_default=True, help="Delay of that echo.")
 @model_options
 @click.pass_context
-def converse(ctx, inputs, out, json_path, fast, gap, **models) -> None:
+def converse(ctx, inputs, out, json_path, fast, gap, interrupt_after, echo_db, echo_delay_ms, **models) -> None:
     """A spoken conversation from WAV files: each --in is one user turn."""
     from agent.converse import converse as run_converse
 
     cfg = _config(ctx, **_overrides(**models))
-    doc = _run(run_converse(cfg, list(inputs), out, fast=fast, gap_s=gap, progress=_progress))
+    doc = _run(run_converse(cfg, list(inputs), out, fast=fast, gap_s=gap, progress=_progress,
+                            interrupt_after_s=interrupt_after, echo_db=echo_db, echo_delay_ms=echo_delay_ms))
     for t in doc["turns"]:
         click.echo(f"user:  {t['user_text']}\nagent: {t['heard_text']}"
                    f"{' [interrupted]' if t['interrupted'] else ''}\n"
@@ -153,19 +158,26 @@ def serve(ctx, host, port, ice_servers, token, cert, key, max_sessions, **models
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--stt-model", help="tiny.en (default), base, or a CTranslate2 directory.")
+@click.option("--stt-url", help="OpenAI-compatible transcription endpoint (…/v1) instead of local Whisper.")
+@click.option("--stream", is_flag=True, help="Play the file in real time through VAD and the streaming "
+              "transcriber; print interim and final transcripts with their media times.")
+@click.option("--fast", is_flag=True, help="With --stream: virtual clock (compute still costs real time).")
 @click.pass_context
-def transcribe(ctx, file, as_json, stt_model) -> None:
-    """Transcribe one audio file with the configured Whisper model."""
+def transcribe(ctx, file, as_json, stt_model, stt_url, stream, fast) -> None:
+    """Transcribe one audio file with the configured Whisper model (or stream it, with --stream)."""
     from pipeline.audio import read_audio, resample, sanitize
-    from stt.whisper import WhisperEngine
+    from stt.whisper import load_engine
 
-    cfg = _config(ctx, **{"stt.model": stt_model})
+    cfg = _config(ctx, **{"stt.model": stt_model, "stt.url": stt_url})
+    if stream:
+        _transcribe_stream(cfg, file, as_json, fast)
+        return
 
     async def go():
         audio, rate = read_audio(file)
         audio, _ = sanitize(audio)  # before resampling: the filter would smear a NaN over its neighbours
         audio = resample(audio, rate, 16000)
-        engine = WhisperEngine(cfg.stt)
+        engine = load_engine(cfg.stt)
         return engine.transcribe(audio)
 
     r = _run(go())
@@ -174,6 +186,39 @@ def transcribe(ctx, file, as_json, stt_model) -> None:
                                "compute_ms": round(r.compute_s * 1000, 1)}))
     else:
         click.echo(r.text)
+
+
+def _transcribe_stream(cfg: AgentConfig, file: Path, as_json: bool, fast: bool) -> None:
+    from pipeline.clock import RealClock, VirtualClock
+    from stt.bench import stream_file
+    from stt.whisper import load_engine
+
+    def emit(e: dict) -> None:
+        if as_json:
+            click.echo(json.dumps(e))
+        elif e["type"] == "transcript":
+            click.echo(f"{e['at']:8.3f}  {'final  ' if e['final'] else 'interim'}  {e['text']}")
+
+    async def go():
+        engine = await asyncio.to_thread(load_engine, cfg.stt)
+        await stream_file(engine, file, VirtualClock() if fast else RealClock(), emit, cfg.vad)
+
+    _run(go())
+
+
+@main.command("stt-bench")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
+@click.option("--model", "models", multiple=True, help="Model(s) to measure (default: tiny.en and base).")
+@click.option("--repeat", type=int, default=3, show_default=True, help="Plays of each clip (latency samples).")
+@click.option("--baseline", is_flag=True, help="Also measure transcribing only after the endpoint (no streaming).")
+def stt_bench(json_path, models, repeat, baseline) -> None:
+    """Endpoint-to-final latency, WER and CPU of listening, on the shared speech clips."""
+    from stt.bench import run_bench, summary_lines
+
+    doc = _run(run_bench(list(models) or ["tiny.en", "base"], repeat=repeat, baseline=baseline, progress=_progress))
+    for line in summary_lines(doc):
+        click.echo(line)
+    _write_json(doc, json_path, also_stdout=False)
 
 
 @main.command()

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+INTERRUPTED_NOTE = "The user interrupted you: they heard only the words above, not the rest of your reply."
+INTERRUPTED_EARLY = "The user interrupted you before they heard anything of your reply."
+
+
 @dataclass
 class Message:
     role: str  # "user" | "assistant"
@@ -32,10 +36,9 @@ class Conversation:
     def for_llm(self) -> list[dict[str, str]]:
         out = [{"role": "system", "content": self.system_prompt}, *self.primer]
         for m in self.messages[-self.max_messages :]:
-            text = m.text
+            out.append({"role": m.role, "content": f"{m.text}…" if m.interrupted and m.text else m.text})
             if m.interrupted:
-                text = f"{text}… [interrupted by the user; they heard only this much]" if text else (
-                    "[interrupted by the user before anything was heard]"
-                )
-            out.append({"role": m.role, "content": text})
+                # a separate note, not text in the agent's mouth: small models copy whatever they
+                # see in their own turns (measured: they repeated an inline "[interrupted…]" tag)
+                out.append({"role": "system", "content": INTERRUPTED_NOTE if m.text else INTERRUPTED_EARLY})
         return out

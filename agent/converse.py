@@ -19,7 +19,7 @@ from agent.config import AgentConfig
 from agent.stack import load_stack
 from pipeline.audio import read_audio
 from pipeline.clock import RealClock, VirtualClock
-from transport.files import ScriptedMicrophone, TimelineRecorder
+from transport.files import EchoPath, ScriptedMicrophone, TimelineRecorder
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ async def converse(
     fast: bool = False,
     gap_s: float = 1.0,
     progress: Callable[[str], None] = lambda s: None,
+    interrupt_after_s: float | None = None,
+    echo_db: float | None = None,
+    echo_delay_ms: float = 100.0,
 ) -> dict:
     """Run the conversation; return the metrics document (`{"turns": [...], "summary": {...}}`)."""
     turns: list[tuple[np.ndarray, int]] = []
@@ -47,10 +50,18 @@ async def converse(
 
     clock = VirtualClock() if fast else RealClock()
     recorder = TimelineRecorder()
+    echo = EchoPath(echo_db, echo_delay_ms) if echo_db is not None else None
+
+    def sink(frame):
+        recorder.agent(frame)
+        if echo is not None:
+            echo.played(frame)
+
     async with load_stack(config, progress) as stack:
-        session = stack.new_session(clock, sink=recorder.agent, on_event=_log_event)
+        session = stack.new_session(clock, sink=sink, on_event=_log_event)
         mic = ScriptedMicrophone(
-            clock, turns, session.idle, gap_s=gap_s, min_tail_s=config.vad.hangover_ms / 1000 + 0.3
+            clock, turns, session.idle, gap_s=gap_s, min_tail_s=config.vad.hangover_ms / 1000 + 0.3,
+            interrupt_after_s=interrupt_after_s, speaking_since=session.turns.speaking_since, echo=echo,
         )
 
         async def frames():
@@ -63,13 +74,28 @@ async def converse(
         metrics = [m.as_dict() for m in session.turns.turns]
         underruns = session.playout.underruns
         cache = stack.cache
+    self_interruptions = _self_interruptions(metrics, mic.user_spans)
     if out is not None:
         seconds = recorder.write(out)
         progress(f"wrote {out} ({seconds:.1f} s, user left, agent right)")
     if not metrics:
         notes.append("no speech detected in the input; no turn")
         progress(notes[-1])
-    return {"turns": metrics, "summary": _summary(metrics, underruns, cache, notes, fast, config)}
+    summary = _summary(metrics, underruns, cache, notes, fast, config)
+    summary["self_interruptions"] = self_interruptions
+    if echo is not None:
+        summary["echo"] = {"db": echo_db, "delay_ms": echo_delay_ms}
+    return {"turns": metrics, "summary": summary}
+
+
+def _self_interruptions(turns: list[dict], user_spans: list[tuple[float, float]]) -> int:
+    """Barge-ins that no user audio can explain: the agent interrupted itself (its echo, noise)."""
+    count = 0
+    for t in turns:
+        at = t["media_times"].get("barge_in")
+        if at is not None and not any(a - 0.1 <= at <= b + 0.1 for a, b in user_spans):
+            count += 1
+    return count
 
 
 def _summary(turns: list[dict], underruns: int, cache, notes: list[str], fast: bool, config: AgentConfig) -> dict:

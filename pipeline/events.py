@@ -74,6 +74,7 @@ class TurnMetrics:
     tts_first_chunk_at: float | None = None
     first_audio_played_at: float | None = None
     agent_stopped_at: float | None = None
+    barge_in_at: float | None = None  # onset of the user speech that interrupted this reply
     tts: dict = field(default_factory=dict)
 
     def timings_ms(self) -> dict[str, float | None]:
@@ -88,6 +89,7 @@ class TurnMetrics:
             "tts_ttfa": d(self.first_phrase_at, self.tts_first_chunk_at),
             "playout": d(self.tts_first_chunk_at, self.first_audio_played_at),
             "voice_to_voice": d(self.user_last_voiced, self.first_audio_played_at),
+            "barge_in_to_silence": d(self.barge_in_at, self.agent_stopped_at) if self.barge_in_at else None,
         }
 
     def as_dict(self) -> dict:
@@ -104,6 +106,7 @@ class TurnMetrics:
                 "user_last_voiced": self.user_last_voiced,
                 "first_audio_played": self.first_audio_played_at,
                 "agent_stopped": self.agent_stopped_at,
+                "barge_in": self.barge_in_at,
             },
             "tts": self.tts,
         }

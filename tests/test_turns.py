@@ -11,7 +11,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from agent.context import Conversation
+from agent.context import INTERRUPTED_NOTE, Conversation
 from agent.turns import APOLOGY, State, TurnManager
 from pipeline.clock import VirtualClock
 from pipeline.events import SpeechEnded, SpeechStarted
@@ -104,7 +104,7 @@ async def test_barge_in_cancels_reply_flushes_audio_and_keeps_heard_words():
     assert m.tts["cancellation_latency_ms"] < 50
     last = rig.turns.conversation.messages[-1]
     assert last.role == "assistant" and last.interrupted and last.text == m.heard_text
-    assert "interrupted by the user" in rig.turns.conversation.for_llm()[-1]["content"]
+    assert rig.turns.conversation.for_llm()[-1] == {"role": "system", "content": INTERRUPTED_NOTE}
 
 
 async def test_llm_failure_mid_reply_becomes_spoken_apology():

@@ -33,10 +33,18 @@ class ScriptedMicrophone:
         min_tail_s: float = 0.8,
         max_wait_s: float = 60.0,
         lead_in_s: float = 0.5,
+        interrupt_after_s: float | None = None,
+        speaking_since: Callable[[], float | None] = lambda: None,
+        echo: "EchoPath | None" = None,
     ) -> None:
         self.clock, self.turns, self.is_idle = clock, turns, is_idle
         self.gap_s, self.min_tail_s, self.max_wait_s, self.lead_in_s = gap_s, min_tail_s, max_wait_s, lead_in_s
+        # barge-in script: the next turn starts this long after the agent's first audio, over it
+        self.interrupt_after_s = interrupt_after_s
+        self.speaking_since = speaking_since
+        self.echo = echo
         self.turn_starts: list[float] = []
+        self.user_spans: list[tuple[float, float]] = []  # media times the user's audio was playing
 
     async def frames(self) -> AsyncIterator[AudioFrame]:
         t = self.clock.now()
@@ -48,7 +56,7 @@ class ScriptedMicrophone:
             nonlocal t
             for f in frames_from_array(samples, rate, t):
                 await self.clock.sleep_until(f.timestamp)
-                yield f
+                yield f if self.echo is None else self.echo.mix(f)
             t += len(samples) / rate
 
         async for f in emit(np.zeros(int(self.lead_in_s * rate), np.float32), rate):
@@ -59,15 +67,26 @@ class ScriptedMicrophone:
             self.turn_starts.append(t)
             async for f in emit(audio, rate):
                 yield f
+            self.user_spans.append((self.turn_starts[-1], t))
+            last = i == len(self.turns) - 1
             waited = 0.0
             while waited < self.min_tail_s or (not self.is_idle() and waited < self.max_wait_s):
+                if not last and self._time_to_interrupt(t):
+                    break
                 async for f in emit(silence, rate):
                     yield f
                 waited += step / rate
-            if waited >= self.max_wait_s:
-                log.warning("turn %d: the agent did not finish within %.0f s; going on", i, self.max_wait_s)
-            async for f in emit(np.zeros(int(self.gap_s * rate), np.float32), rate):
-                yield f
+            else:
+                if waited >= self.max_wait_s:
+                    log.warning("turn %d: the agent did not finish within %.0f s; going on", i, self.max_wait_s)
+                async for f in emit(np.zeros(int(self.gap_s * rate), np.float32), rate):
+                    yield f
+
+    def _time_to_interrupt(self, t: float) -> bool:
+        if self.interrupt_after_s is None:
+            return False
+        since = self.speaking_since()
+        return since is not None and t >= since + self.interrupt_after_s
 
 
 class TimelineRecorder:
@@ -117,3 +136,31 @@ class TimelineRecorder:
         audio = self.render()
         sf.write(str(path), audio, self.sample_rate, subtype="PCM_16")
         return len(audio) / self.sample_rate
+
+
+class EchoPath:
+    """Simulates speakers without a headset: the agent's output leaks into the microphone,
+    `delay_ms` later and `db` quieter (for `converse --echo-db/--echo-delay-ms`)."""
+
+    def __init__(self, db: float = -10.0, delay_ms: float = 100.0, rate: int = 24_000, keep_s: float = 5.0) -> None:
+        self.gain = 10 ** (db / 20)
+        self.delay = delay_ms / 1000
+        self.rate = rate
+        self._ring = np.zeros(int(keep_s * rate), np.float32)
+        self._end: float | None = None  # media time of the ring's last sample
+
+    def played(self, frame: AudioFrame) -> None:
+        x = frame.samples if frame.sample_rate == self.rate else resample(frame.samples, frame.sample_rate, self.rate)
+        n = min(len(x), len(self._ring))
+        if n:
+            self._ring = np.roll(self._ring, -n)
+            self._ring[-n:] = x[-n:]
+            self._end = frame.timestamp + len(x) / self.rate
+
+    def mix(self, frame: AudioFrame) -> AudioFrame:
+        if self._end is None:
+            return frame
+        times = frame.timestamp - self.delay + np.arange(len(frame.samples)) / frame.sample_rate
+        ring_times = self._end - (len(self._ring) - np.arange(len(self._ring))) / self.rate
+        echo = np.interp(times, ring_times, self._ring, left=0.0, right=0.0).astype(np.float32)
+        return AudioFrame(frame.samples + self.gain * echo, frame.sample_rate, frame.timestamp)
