@@ -25,7 +25,8 @@ from transport.webrtc import EVENTS_CHANNEL, enable_loopback_candidates, frame_t
 class ScriptedMicTrack(MediaStreamTrack):
     """Plays `lead_s` of silence, then a recording, then silence forever: 20 ms s16 frames, real-time paced.
 
-    `speech_end` is the wall time (time.monotonic) at which the last frame of the recording was sent.
+    `voiced_end` is the wall time (time.monotonic) at which the recording's last voiced frame had been
+    sent; `speech_end` the same for its last frame (trailing silence included).
     """
 
     kind = "audio"
@@ -39,6 +40,10 @@ class ScriptedMicTrack(MediaStreamTrack):
         self.pos = 0
         self._start: float | None = None
         self.speech_end: float | None = None
+        self.voiced_end: float | None = None
+        voiced = [i for i in range(0, len(self.audio), self.step)
+                  if np.sqrt(np.mean(np.square(self.audio[i : i + self.step]))) > 0.01]
+        self._last_voiced_pos = voiced[-1] if voiced else -1
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -49,6 +54,8 @@ class ScriptedMicTrack(MediaStreamTrack):
         if delay > 0:
             await asyncio.sleep(delay)
         chunk = self.audio[self.pos : self.pos + self.step]
+        if self.pos == self._last_voiced_pos:
+            self.voiced_end = time.monotonic() + self.step / self.rate  # once this frame has played out
         if len(chunk) < self.step:
             if self.speech_end is None:
                 self.speech_end = time.monotonic()

@@ -157,18 +157,14 @@ async def _offer(request: web.Request) -> web.Response:
     try:
         answer = await peer.accept(RTCSessionDescription(sdp=params["sdp"], type="offer"))
     except Exception as exc:  # aiortc raises ValueError and others for SDP it cannot use
-        await peer.close()
         peers.pop(name, None)
+        await peer.close()
         log.info("%s: rejected offer: %s", name, exc)
         return _error(400, f"the offer's SDP could not be used: {exc or type(exc).__name__}")
 
-    async def forget() -> None:
-        await peer.closed.wait()
+    peer.on_closed = lambda: peers.pop(name, None)
+    if peer.closed.is_set():  # it failed between the answer and now
         peers.pop(name, None)
-
-    task = asyncio.create_task(forget(), name=f"{name}-forget")
-    peer._tasks.add(task)  # cancelled with the peer if the server shuts down first
-    task.add_done_callback(peer._tasks.discard)
     log.info("%s: session started (%d active)", name, len(peers))
     return web.json_response({"sdp": answer.sdp, "type": answer.type})
 

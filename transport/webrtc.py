@@ -206,9 +206,10 @@ class PeerSession:
         self.connected_at: float | None = None
         self.last_activity = time.monotonic()
         self.events: list[dict] = []  # everything sent to the browser (kept for tests and logs)
-        self.client_v2v: dict[int, float] = {}
-        self.server_v2v: dict[int, float | None] = {}
+        self.client_v2v: dict[int, float] = {}  # turn → voice-to-voice the browser measured (ms)
+        self.turns: dict[int, dict] = {}  # turn → server metrics, with "client_v2v_ms" beside them
         self.closed = asyncio.Event()
+        self.on_closed: Callable[[], Any] = lambda: None  # the server forgets the peer here
         self._pending: list[str] = []
         self._tasks: set[asyncio.Task] = set()
         self._session_task: asyncio.Task | None = None
@@ -241,8 +242,11 @@ class PeerSession:
         self.last_activity = time.monotonic()
         if event.get("type") == "turn":
             m = event["metrics"]
-            self.server_v2v[m["index"]] = m["timings_ms"].get("voice_to_voice")
+            m["client_v2v_ms"] = self.client_v2v.get(m["index"])  # usually measured before the reply ends
+            self.turns[m["index"]] = m
             self._heard_rid = None
+            log.info("%s: turn %d voice-to-voice: server %s ms, client %s ms", self.name, m["index"],
+                     m["timings_ms"].get("voice_to_voice"), m["client_v2v_ms"])
         self.send(event)
 
     def _on_datachannel(self, channel) -> None:
@@ -275,8 +279,10 @@ class PeerSession:
                 log.info("%s: client_v2v needs integer 'turn' and number 'ms': %.80r", self.name, message)
                 return
             self.client_v2v[turn] = ms
-            server = self.server_v2v.get(turn)
-            log.info("%s: turn %d voice-to-voice: client %.0f ms, server %s ms", self.name, turn, ms, server)
+            m = self.turns.get(turn)
+            if m is not None:  # the turn's metrics went out already: record the figure next to them
+                m["client_v2v_ms"] = ms
+            server = m["timings_ms"].get("voice_to_voice") if m else None
             self.send({"type": "v2v", "turn": turn, "client_ms": ms, "server_ms": server})
         elif kind == "bye":
             self._spawn(self.close(), "close")
@@ -293,8 +299,17 @@ class PeerSession:
         session = self.stack.new_session(self.clock, self.out_track.push, output_rate=OUT_RATE,
                                          on_event=self._on_agent_event)
         heard = self._spawn(self._heard_text_loop(session), "heard")
+
+        async def frames() -> AsyncIterator[AudioFrame]:
+            async for frame in track_frames(track, self.clock):
+                yield frame
+            # the browser's track ended (hang-up, RTCP BYE, transport gone): nobody would hear a reply
+            log.info("%s: the remote audio track ended", self.name)
+            self._spawn(self.close(), "close")
+            await asyncio.Event().wait()  # until close() cancels this session
+
         try:
-            await session.run(track_frames(track, self.clock))
+            await session.run(frames())
         except Exception:
             log.exception("%s: the agent session failed", self.name)
             self.send({"type": "error", "message": "the agent session failed; see the server log"})
@@ -368,6 +383,9 @@ class PeerSession:
             t.cancel()
         await asyncio.gather(*others, return_exceptions=True)
         self.out_track.stop()
-        await self.pc.close()
-        self.closed.set()
+        try:
+            await self.pc.close()
+        finally:
+            self.closed.set()
+            self.on_closed()
         log.info("%s: closed", self.name)
