@@ -256,5 +256,26 @@ def say(ctx, text, out, as_json, voice, rate, volume) -> None:
         click.echo(f"wrote {out} ({len(audio) / engine.sample_rate:.2f} s)", err=True)
 
 
+@main.command("tts-bench")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures as JSON.")
+@click.option("--reps", type=int, default=5, show_default=True, help="Repetitions of each input.")
+@click.option("--load", type=click.Choice(["llm", "burn", "none"]), default="llm", show_default=True,
+              help="What keeps the cores busy for the loaded run: the embedded LLM decoding (+1 busy loop), two busy loops, or no loaded run.")
+@click.option("--threads", type=int, help="ONNX threads for Piper (default: the configured tts.threads).")
+@click.option("--voice", help="piper-joe (default) or a path to a Piper .onnx voice.")
+@click.pass_context
+def tts_bench(ctx, json_path, reps, load, threads, voice) -> None:
+    """Benchmark the streaming TTS: TTFA, RTF, cadence, cancellation, cached TTFA; idle and loaded."""
+    from tts.bench import bench, summary_lines
+    from tts.piper_engine import PiperEngine
+
+    cfg = _config(ctx, **{"tts.voice": voice})
+    n = threads or cfg.tts.threads
+    doc = _run(bench(lambda: PiperEngine(cfg.tts.voice, cfg.tts.voice_options, n), reps=reps, load=load, log=_progress))
+    for line in summary_lines(doc):
+        click.echo(line)
+    _write_json(doc, json_path, also_stdout=False)
+
+
 if __name__ == "__main__":
     main()

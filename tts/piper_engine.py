@@ -33,8 +33,10 @@ _FLOW_OUT = "/Mul_7_output_0"  # z: flow output (masked), the vocoder's input
 _DEC_OUT = "/dec/Tanh_output_0"  # audio [1, 1, frames * hop]
 FLOW_PAD = 24  # frames of context for the flow windows (4 coupling layers of 4 k=5 convs): exact to >100 dB
 DECODER_PAD = 8  # frames of context for the vocoder windows: >65 dB
-FLOW_BLOCK = 96  # frames per flow call after the first (the flow is cheap: ~0.2 ms a frame)
-MAX_WINDOW = 64  # frames per vocoder call at most (~0.75 s of audio, ~40 ms of compute idle)
+FLOW_BLOCK = 192  # frames per flow call after the first (the flow is cheap: ~0.2 ms a frame)
+WINDOW = 112  # frames per vocoder call after the first (~1.3 s of audio, ~65 ms of compute idle, so
+# the second piece is ready well before the first ~200 ms have played, even with the cores shared)
+MIN_TAIL = 32  # a phrase's last window is not left shorter than this (margins cost the same)
 WARMUP_TEXT = "Hello, this is the voice warming up, so that the first reply starts at once."
 TARGET_RMS = 0.09  # loudness the voice is scaled to (Piper's own per-sentence peak normalization
 # cannot work when the first window is played before the phrase's peak is known)
@@ -130,7 +132,7 @@ class PiperEngine:
                     zp, mask = self._prior.run(list(_PRIOR_OUT), feeds)
                 pieces = self._windows(zp, mask, first, gain)
                 here = zp.shape[2] * self.hop
-                first = max(1, MAX_WINDOW // 2)  # later sentences of the phrase: the listener is busy
+                first = WINDOW  # later sentences of the phrase: the listener is busy with the first
             else:
                 with self._lock:
                     audio = self._voice.session.run(None, feeds)[0].reshape(-1)
@@ -150,6 +152,8 @@ class PiperEngine:
         start, width = 0, first
         while start < frames:
             end = min(frames, start + width)
+            if start and frames - end < MIN_TAIL:
+                end = frames
             lo, hi = max(0, start - DECODER_PAD), min(frames, end + DECODER_PAD)
             with self._lock:
                 while z_done < hi:  # the flow runs ahead in blocks, with its own margins
@@ -161,7 +165,7 @@ class PiperEngine:
                     z_done = e
                 audio = self._dec.run([_DEC_OUT], {_FLOW_OUT: z[:, :, lo:hi]})[0].reshape(-1)
             yield _finish(audio[(start - lo) * self.hop : (end - lo) * self.hop], gain)
-            start, width = end, min(MAX_WINDOW, width * 2)
+            start, width = end, WINDOW
 
     def _speakable(self, text: str) -> str:
         """Drop letters an English voice cannot say (espeak spells Cyrillic letter by letter and reads
