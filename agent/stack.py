@@ -22,7 +22,7 @@ from pipeline.clock import Clock
 from pipeline.echo import EchoCanceller
 from pipeline.session import Session
 from pipeline.vad import SileroVAD, VADSegmenter
-from stt.whisper import WhisperEngine
+from stt.whisper import WhisperEngine, load_engine
 from transport.playout import Playout, Sink
 from tts.cache import PhraseCache
 from tts.piper_engine import PiperEngine
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class AgentStack:
     config: AgentConfig
-    stt: WhisperEngine
+    stt: WhisperEngine  # or any engine with the same `transcribe` (stt/openai_stt.py)
     tts_engine: PiperEngine
     llm: OpenAICompatibleLLM
     cache: PhraseCache = field(default_factory=PhraseCache)
@@ -77,8 +77,8 @@ async def load_stack(config: AgentConfig, progress: Callable[[str], None] = lamb
             stack.push_async_callback(server.stop)
             server_start = asyncio.create_task(server.start())  # loads while we load the rest
         t = time.perf_counter()
-        progress(f"loading speech recognition (Whisper {config.stt.model})…")
-        stt = await asyncio.to_thread(WhisperEngine, config.stt)
+        progress(f"loading speech recognition ({config.stt.url or 'Whisper ' + config.stt.model})…")
+        stt = await asyncio.to_thread(load_engine, config.stt)
         times["stt_s"] = time.perf_counter() - t
         t = time.perf_counter()
         progress(f"loading the voice ({config.tts.voice})…")

@@ -20,7 +20,8 @@ import numpy as np
 from agent.context import Conversation
 from agent.llm import LLMError
 from pipeline.clock import Clock
-from pipeline.events import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted, TurnMetrics, VADEvent
+from pipeline.events import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted, Transcript, TurnMetrics, VADEvent
+from stt.transcriber import AudioSource, StreamingTranscriber
 from transport.playout import Playout
 from tts.stream import StreamingTTS
 from tts.text import PhraseSplitter
@@ -68,6 +69,10 @@ class TurnManager:
         on_event: Callable[[dict], None] | None = None,
     ) -> None:
         self.stt, self.llm, self.tts, self.playout, self.clock = stt, llm, tts, playout, clock
+        # interim transcripts while the user speaks, and a final started speculatively at the first
+        # silence (stt/transcriber.py); a bare engine gets a transcriber with the default options
+        self.transcriber = stt if isinstance(stt, StreamingTranscriber) else StreamingTranscriber(stt, clock)
+        self.transcriber.on_transcript = self._interim
         self.conversation = conversation
         self.options = options or TurnOptions()
         self.on_event = on_event or (lambda e: None)
@@ -84,6 +89,7 @@ class TurnManager:
                 await self.barge_in(event.at)
             m = TurnMetrics(index=len(self.turns), user_started=event.at)
             self._pending_user = m
+            self.transcriber.handle(event)
             self._set_state(State.USER_SPEAKING)
         elif isinstance(event, SpeechEnded):
             m = self._pending_user or TurnMetrics(index=len(self.turns), user_started=event.started)
@@ -91,9 +97,19 @@ class TurnManager:
             m.user_last_voiced, m.endpoint_at = event.last_voiced, event.decided_at
             self.turns.append(m)
             self._set_state(State.THINKING)
-            self._reply = asyncio.create_task(self._turn(m, event.audio), name=f"turn-{m.index}")
+            final = self.transcriber.handle(event)
+            self._reply = asyncio.create_task(self._turn(m, final), name=f"turn-{m.index}")
         elif isinstance(event, (SpeechPaused, SpeechResumed)):
-            pass  # speculative work hooks (listening/turn-taking issues)
+            self.transcriber.handle(event)  # speculative final pass starts / is discarded
+
+    def listen(self, now: float, source: AudioSource) -> None:
+        """Audio arrived up to `now`: lets the transcriber run an interim pass on `source()`."""
+        self.transcriber.update(now, source)
+
+    def _interim(self, t: Transcript) -> None:
+        if not t.final:
+            self.on_event({"type": "transcript", "final": False, "text": t.text, "turn": len(self.turns),
+                           "at": t.at, "audio_end": t.audio_end})
 
     def idle(self) -> bool:
         """True when nobody has the floor: no user speech, no reply in progress."""
@@ -118,17 +134,17 @@ class TurnManager:
         if self._reply is not None and not self._reply.done():
             self._reply.cancel()
             await asyncio.gather(self._reply, return_exceptions=True)
+        await self.transcriber.aclose()
 
     async def wait_reply(self) -> None:
         if self._reply is not None:
             await asyncio.gather(self._reply, return_exceptions=True)
 
     # --- one turn -----------------------------------------------------------------------------
-    async def _turn(self, m: TurnMetrics, audio: np.ndarray) -> None:
-        async with self.clock.working():
-            result = await asyncio.to_thread(self.stt.transcribe, audio)
-        m.stt_final_at = self.clock.now()
-        m.user_text = result.text
+    async def _turn(self, m: TurnMetrics, final: asyncio.Task[Transcript]) -> None:
+        transcript = await final  # often already done: the speculative pass at the pause was the final
+        m.stt_final_at = transcript.at
+        m.user_text = transcript.text
         self.on_event({"type": "transcript", "final": True, "text": m.user_text, "turn": m.index})
         if not m.user_text:
             log.info("turn %d: no words recognised; still listening", m.index)

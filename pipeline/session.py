@@ -47,6 +47,7 @@ class Session:
                         frame = self.echo.process(frame)
                     for event in self.segmenter.process(frame):
                         await self.turns.handle(event)
+                    self.turns.listen(frame.end, self.segmenter.utterance_audio)  # interim STT passes
                 for event in self.segmenter.flush(self.clock.now()):
                     await self.turns.handle(event)
                 await self.turns.wait_reply()

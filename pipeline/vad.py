@@ -147,6 +147,13 @@ class VADSegmenter:
         """Samples held right now (pre-roll, utterance, partial window): stays bounded however long the stream."""
         return len(self._pending) + sum(map(len, self._preroll)) + sum(map(len, self._buf))
 
+    def utterance_audio(self) -> tuple[np.ndarray, float] | None:
+        """The confirmed utterance so far (16 kHz, with pre-roll) and the media time it ends at; None
+        outside speech. A copy, for interim transcription; read-only for the segmenter."""
+        if self._state != "speech" or not self._buf:
+            return None
+        return np.concatenate(self._buf), self._t_end
+
     def process(self, frame: AudioFrame) -> list[VADEvent]:
         """Feed one frame; return the events it completed (usually none)."""
         samples = frame.samples

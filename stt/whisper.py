@@ -30,6 +30,7 @@ class WhisperOptions:
     beam_size: int = 1
     threads: int = 1  # 2-core budget: the LLM and TTS need the other core
     language: str = "en"
+    url: str | None = None  # an OpenAI-compatible endpoint (…/v1) instead of a local model; `model` names its model
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,16 @@ class WhisperEngine:
             )
             text = " ".join(s.text.strip() for s in segments if s.no_speech_prob < 0.8 or s.avg_logprob > -1.0)
         return TranscriptionResult(_clean(text), time.perf_counter() - t0, audio_s)
+
+
+def load_engine(options: WhisperOptions | None = None):
+    """The configured engine: the local Whisper model, or the hosted endpoint when `options.url` is set."""
+    options = options or WhisperOptions()
+    if options.url:
+        from stt.openai_stt import OpenAITranscriber
+
+        return OpenAITranscriber(options.url, options.model, language=options.language)
+    return WhisperEngine(options)
 
 
 def _resolve(model: str) -> Path:
