@@ -306,3 +306,27 @@ def test_headless_chromium_talks_to_the_agent(tmp_path):
     assert {"speaking", "listening"} <= set(page["states"])
     assert result["sessions_after_hangup"] == 0
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="openssl not installed (needed to make a test certificate)")
+async def test_serve_over_https_and_announce_the_url(tmp_path):
+    from transport.server import serve
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    opts = ServeOptions(port=0, cert=cert, key=key)
+    lines: list[str] = []
+    task = asyncio.create_task(serve(FakeStack(), opts, announce=lines.append))
+    try:
+        for _ in range(100):
+            if lines:
+                break
+            await asyncio.sleep(0.05)
+        assert lines and lines[0].startswith("open https://127.0.0.1:"), lines
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"https://127.0.0.1:{opts.port}/", ssl=False) as r:
+                assert r.status == 200 and "Rejoinder" in await r.text()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -12,11 +12,13 @@ token whenever the server listens on anything but loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
 import logging
 import secrets
+import signal
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,7 +196,7 @@ async def _close_all(app: web.Application) -> None:
 
 
 async def serve(stack: StackLike, options: ServeOptions, announce: Callable[[str], None] = print) -> None:
-    """Run the server until cancelled (Ctrl-C), then close every session."""
+    """Run the server until cancelled (Ctrl-C) or sent SIGTERM, then close every session."""
     runner = web.AppRunner(make_app(stack, options), access_log=None)
     await runner.setup()
     try:
@@ -211,6 +213,13 @@ async def serve(stack: StackLike, options: ServeOptions, announce: Callable[[str
             announce(f"access token (generated): {options.token}")
         if not options.cert and not is_loopback(options.host):
             announce("note: browsers allow the microphone only on https or localhost; pass --cert/--key")
-        await asyncio.Event().wait()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # SIGTERM (systemd, docker): clean exit
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        announce("stopping: closing sessions…")
     finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
         await runner.cleanup()
