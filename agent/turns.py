@@ -48,9 +48,12 @@ class LLM(Protocol):
 
 @dataclass
 class TurnOptions:
-    """Barge-in: user speech confirmed by the VAD (min speech duration) during a reply interrupts it."""
+    """Barge-in: user speech confirmed by the VAD during a reply interrupts it. While the agent is
+    heard, `barge_in_min_speech_ms` of voiced audio confirms speech (shorter than a turn's minimum,
+    so the agent falls silent fast; the echo canceller keeps its own voice out of this)."""
 
     barge_in: bool = True
+    barge_in_min_speech_ms: int = 150  # shorter noises (a click, a tap) do not interrupt
     greeting: str | None = None
 
 
@@ -80,6 +83,7 @@ class TurnManager:
         self.turns: list[TurnMetrics] = []
         self._current: TurnMetrics | None = None
         self._reply: asyncio.Task | None = None
+        self._rid: str | None = None  # TTS request id of the reply in flight
         self._pending_user: TurnMetrics | None = None
 
     # --- events in ----------------------------------------------------------------------------
@@ -111,6 +115,18 @@ class TurnManager:
             self.on_event({"type": "transcript", "final": False, "text": t.text, "turn": len(self.turns),
                            "at": t.at, "audio_end": t.audio_end})
 
+    def min_speech_ms(self, normal_ms: int) -> int:
+        """Voiced audio that confirms user speech now: shorter while the agent is being heard."""
+        if self.options.barge_in and self.state is State.SPEAKING:
+            return min(normal_ms, self.options.barge_in_min_speech_ms)
+        return normal_ms
+
+    def speaking_since(self) -> float | None:
+        """Media time the reply in flight was first heard, or None."""
+        if self._rid is None or self._reply is None or self._reply.done():
+            return None
+        return self.playout.first_played_at(self._rid)
+
     def idle(self) -> bool:
         """True when nobody has the floor: no user speech, no reply in progress."""
         return self._pending_user is None and (self._reply is None or self._reply.done())
@@ -126,8 +142,8 @@ class TurnManager:
         await asyncio.gather(task, return_exceptions=True)
         if m is not None:
             m.interrupted = True
+            m.barge_in_at = at
             m.tts["cancellation_latency_ms"] = round((time.perf_counter() - t0) * 1000, 2)
-            m.tts["barge_in_at"] = at
         log.info("barge-in at %.2f: reply cancelled in %.1f ms", at, (time.perf_counter() - t0) * 1000)
 
     async def aclose(self) -> None:
@@ -154,7 +170,7 @@ class TurnManager:
         await self._reply_to(m)
 
     async def _reply_to(self, m: TurnMetrics) -> None:
-        rid = self.tts.new_request_id()
+        rid = self._rid = self.tts.new_request_id()
         self._current = m
         phrases: asyncio.Queue[str | None] = asyncio.Queue()
         generated: list[str] = []

@@ -45,6 +45,7 @@ class Session:
                         frame = AudioFrame(clean, frame.sample_rate, frame.timestamp)
                     if self.echo is not None:
                         frame = self.echo.process(frame)
+                    self.segmenter.set_min_speech_ms(self.turns.min_speech_ms(self.segmenter.options.min_speech_ms))
                     for event in self.segmenter.process(frame):
                         await self.turns.handle(event)
                     self.turns.listen(frame.end, self.segmenter.utterance_audio)  # interim STT passes

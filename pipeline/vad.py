@@ -147,6 +147,10 @@ class VADSegmenter:
         """Samples held right now (pre-roll, utterance, partial window): stays bounded however long the stream."""
         return len(self._pending) + sum(map(len, self._preroll)) + sum(map(len, self._buf))
 
+    def set_min_speech_ms(self, ms: float) -> None:
+        """Change how much voiced audio confirms speech (the turn manager lowers it for barge-in)."""
+        self._min_w = _windows(ms)
+
     def utterance_audio(self) -> tuple[np.ndarray, float] | None:
         """The confirmed utterance so far (16 kHz, with pre-roll) and the media time it ends at; None
         outside speech. A copy, for interim transcription; read-only for the segmenter."""
