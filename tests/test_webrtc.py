@@ -151,3 +151,43 @@ async def test_a_spoken_call_over_webrtc(server):
             break
         await asyncio.sleep(0.1)
     assert not app[PEERS], "the session outlived the call"
+
+
+@pytest.mark.models
+@pytest.mark.asyncio(loop_scope="module")
+async def test_barge_in_over_webrtc_silences_the_agent_at_once(server):
+    """The user talks over the reply: the audio reaching the client stops within a few frames.
+
+    The client's microphone carries no echo of the agent (as with a browser's own echo canceller or a
+    headset), so the server-side echo canceller is off for this call: this tests the transport's flush.
+    """
+    stack, app, url = server
+    echo_cancel = getattr(stack.config, "echo_cancel", None)
+    if echo_cancel is not None:
+        stack.config.echo_cancel = False
+    first, rate = read_audio(DATA / "librivox-0870.wav")  # a long question, so the reply is long too
+    second, rate2 = read_audio(DATA / "librivox-0880.wav")
+    mic = ScriptedMicTrack(first, rate, lead_s=0.5)
+    call = AgentCall(mic)
+    try:
+        await call.connect(url)
+        await call.wait_event(lambda e: e.get("state") == "speaking", 60)
+        await asyncio.sleep(0.8)  # let the reply be heard a little
+        mic.say(second, rate2)
+        barge = await call.wait_event(lambda e: e.get("state") == "user_speaking", 10)
+        barged_at = call.event_times[call.events.index(barge)]
+        turn0 = (await call.wait_event(lambda e: e["type"] == "turn" and e["metrics"]["index"] == 0, 30))["metrics"]
+        assert len(words(turn0["heard_text"])) < len(words(turn0["agent_text"])), turn0  # cut short
+        nxt = await call.wait_event(lambda e: e.get("state") in ("speaking", "listening")
+                                    and call.events.index(e) > call.events.index(barge), 60)
+        window_end = call.event_times[call.events.index(nxt)]
+        # from 150 ms after the barge-in event arrived until the next reply, the agent is silent
+        tail = [s for t, s, _ in call.audio if barged_at + 0.15 <= t < window_end]
+        loud = [float(np.sqrt(np.mean(s * s))) for s in tail if s.size and np.sqrt(np.mean(s * s)) > 0.01]
+        assert tail and not loud, f"{len(loud)} audible frames after the barge-in"
+        print(f"\nbarge-in: server barge-in→silence {turn0['timings_ms'].get('barge_in_to_silence')} ms, "
+              f"cancellation {turn0['tts'].get('cancellation_latency_ms')} ms, heard {turn0['heard_text']!r}")
+    finally:
+        await call.close()
+        if echo_cancel is not None:
+            stack.config.echo_cancel = echo_cancel

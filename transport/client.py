@@ -45,6 +45,14 @@ class ScriptedMicTrack(MediaStreamTrack):
                   if np.sqrt(np.mean(np.square(self.audio[i : i + self.step]))) > 0.01]
         self._last_voiced_pos = voiced[-1] if voiced else -1
 
+    def say(self, samples: np.ndarray, sample_rate: int) -> None:
+        """Speak `samples` next (e.g. to barge in), after what is still unsent of the recording."""
+        if sample_rate != self.rate:
+            samples = resample(samples, sample_rate, self.rate)
+        if self.pos > len(self.audio):  # silence was sent past the end: keep positions aligned
+            self.audio = np.pad(self.audio, (0, self.pos - len(self.audio)))
+        self.audio = np.concatenate([self.audio, samples.astype(np.float32)])
+
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
@@ -80,6 +88,7 @@ class AgentCall:
         self.channel.on("message", self._on_message)
         self.pc.on("track", self._on_track)
         self.events: list[dict] = []
+        self.event_times: list[float] = []  # arrival (time.monotonic) of each event
         self.audio: list[tuple[float, np.ndarray, int]] = []  # arrival time, mono samples, rate
         self.connect_s: float | None = None
         self._new_event = asyncio.Event()
@@ -145,6 +154,7 @@ class AgentCall:
 
     def _on_message(self, message: Any) -> None:
         self.events.append(json.loads(message))
+        self.event_times.append(time.monotonic())
         self._new_event.set()
 
     def _on_track(self, track: MediaStreamTrack) -> None:
