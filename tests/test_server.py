@@ -330,3 +330,15 @@ async def test_serve_over_https_and_announce_the_url(tmp_path):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_idle_sessions_are_closed(start_server):
+    srv = await start_server(idle_timeout_s=1.0)
+    call = AgentCall(_mic())
+    try:
+        await call.connect(srv.url)
+        closing = await call.wait_event(lambda e: e["type"] == "closing", 5)
+        assert closing["reason"] == "idle timeout"
+        await srv.wait_no_sessions(3)
+    finally:
+        await call.close()

@@ -273,10 +273,16 @@ function onEvent(e) {
         const b = agentBubble || bubble("agent", "", false);
         b.firstChild.textContent = m.heard_text || m.agent_text;
         if (m.interrupted) b.classList.add("interrupted");
-        if (m.error) b.querySelector(".meta").textContent = "LLM error: " + m.error;
+        b.dataset.turn = m.index;
+        b.querySelector(".meta").textContent = m.error ? "LLM error: " + m.error : turnMeta(m.index);
       }
       agentBubble = null;
       renderLatency();
+      break;
+    }
+    case "v2v": {
+      const b = document.querySelector(`#transcript li[data-turn="${e.turn}"] .meta`);
+      if (b) b.textContent = turnMeta(e.turn);
       break;
     }
     case "connected":
@@ -287,6 +293,14 @@ function onEvent(e) {
       notice(e.message || e.reason);
       break;
   }
+}
+
+function turnMeta(i) {
+  const m = rj.turns[i], server = m && m.timings_ms.voice_to_voice, client = rj.clientV2V[i];
+  const parts = [];
+  if (server != null) parts.push(`voice-to-voice ${Math.round(server)} ms`);
+  if (client !== undefined) parts.push(`heard here ${client} ms`);
+  return parts.join(" · ");
 }
 
 function bubble(who, text, interim) {
