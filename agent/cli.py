@@ -155,6 +155,29 @@ def serve(ctx, host, port, ice_servers, token, cert, key, max_sessions, **models
 
 
 @main.command()
+@click.option("--input-device", help="Microphone: index or name (see --list-devices). Default: the system's.")
+@click.option("--output-device", help="Speaker: index or name. Default: the system's.")
+@click.option("--list-devices", is_flag=True, help="List audio devices and exit.")
+@model_options
+@click.pass_context
+def talk(ctx, input_device, output_device, list_devices, **models) -> None:
+    """Talk to the agent on this computer's microphone and speaker (no browser)."""
+    from transport.devices import DeviceError
+    from transport.devices import list_devices as devices
+    from transport.devices import talk as run_talk
+
+    as_device = lambda d: int(d) if d is not None and d.isdigit() else d  # noqa: E731
+    try:
+        if list_devices:
+            click.echo(devices())
+            return
+        cfg = _config(ctx, **_overrides(**models))
+        _run(run_talk(cfg, as_device(input_device), as_device(output_device), progress=_progress, say=click.echo))
+    except DeviceError as exc:
+        _fail(str(exc))
+
+
+@main.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--stt-model", help="tiny.en (default), base, or a CTranslate2 directory.")
