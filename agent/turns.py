@@ -1,5 +1,9 @@
 """The turn manager: who has the floor, and one cancellation scope per agent reply.
 
+Preemptive replies: at the first silence (SpeechPaused) the speculative transcript starts a reply
+whose LLM and TTS run at once but whose audio is held behind a gate. At the endpoint the reply is
+adopted (the gate opens) if the user did not resume; SpeechResumed cancels it, unheard.
+
 Flow: VAD events come in order from the session. At the endpoint the utterance is transcribed; a
 non-empty transcript starts a reply. A reply is one task whose body is a TaskGroup of *thinking*
 (LLM deltas → phrases) and *speaking* (phrases → TTS → playout). Barge-in cancels that one task:
@@ -54,7 +58,20 @@ class TurnOptions:
 
     barge_in: bool = True
     barge_in_min_speech_ms: int = 150  # shorter noises (a click, a tap) do not interrupt
+    preemptive: bool = True  # start thinking and speaking (held) at the first silence
     greeting: str | None = None
+
+
+@dataclass
+class _Preempt:
+    """A reply started at the first silence, waiting behind `gate` for the endpoint."""
+
+    last_voiced: float
+    gate: asyncio.Event
+    task: asyncio.Task | None = None
+    text: str = ""
+    ready_at: float | None = None
+    committed: bool = False
 
 
 class TurnManager:
@@ -85,6 +102,8 @@ class TurnManager:
         self._reply: asyncio.Task | None = None
         self._rid: str | None = None  # TTS request id of the reply in flight
         self._pending_user: TurnMetrics | None = None
+        self._preempt: _Preempt | None = None
+        self.preempts_discarded = 0
 
     # --- events in ----------------------------------------------------------------------------
     async def handle(self, event: VADEvent) -> None:
@@ -102,9 +121,56 @@ class TurnManager:
             self.turns.append(m)
             self._set_state(State.THINKING)
             final = self.transcriber.handle(event)
-            self._reply = asyncio.create_task(self._turn(m, final), name=f"turn-{m.index}")
-        elif isinstance(event, (SpeechPaused, SpeechResumed)):
-            self.transcriber.handle(event)  # speculative final pass starts / is discarded
+            p, self._preempt = self._preempt, None
+            if p is not None and p.task is not None and not p.task.done() and p.last_voiced == event.last_voiced:
+                m.preemptive = True
+                self._commit(m, p)
+                self._reply = p.task
+            else:
+                self._discard(p)
+                self._reply = asyncio.create_task(self._turn(m, final), name=f"turn-{m.index}")
+        elif isinstance(event, SpeechPaused):
+            self.transcriber.handle(event)  # the speculative final pass starts
+            spec = self.transcriber.speculation()
+            if self.options.preemptive and spec is not None and self._pending_user is not None:
+                self._discard(self._preempt)
+                p = self._preempt = _Preempt(event.last_voiced, asyncio.Event())
+                p.task = asyncio.create_task(self._preemptive(self._pending_user, p, spec), name="preemptive")
+        elif isinstance(event, SpeechResumed):
+            self.transcriber.handle(event)  # the speculative final pass is discarded
+            self._discard(self._preempt)
+            self._preempt = None
+
+    def _discard(self, p: _Preempt | None) -> None:
+        """The user went on (or the speculation did not match): drop the held reply, unheard."""
+        if p is not None and p.task is not None and not p.task.done():
+            p.task.cancel()
+            self.preempts_discarded += 1
+
+    def _commit(self, m: TurnMetrics, p: _Preempt) -> None:
+        """Endpoint confirmed: the held reply becomes this turn's reply; its audio may play."""
+        p.committed = True
+        if p.ready_at is not None:  # else _preemptive records it when the transcript arrives
+            self._record_user(m, p.text, p.ready_at)
+        p.gate.set()
+
+    def _record_user(self, m: TurnMetrics, text: str, at: float) -> None:
+        m.stt_final_at, m.user_text = at, text
+        self.conversation.add_user(text)
+        self.on_event({"type": "transcript", "final": True, "text": text, "turn": m.index})
+
+    async def _preemptive(self, m: TurnMetrics, p: _Preempt, spec: asyncio.Task) -> None:
+        got = await asyncio.shield(spec)
+        if not got or not got[0]:
+            if p.committed:  # nothing was heard after all: behave as an empty final
+                self._set_state(State.LISTENING)
+            return
+        p.text, p.ready_at = got
+        if p.committed:
+            self._record_user(m, p.text, p.ready_at)
+        history = self.conversation.for_llm()  # already holds the user's words if committed
+        messages = history if p.committed else [*history, {"role": "user", "content": p.text}]
+        await self._reply_to(m, messages, gate=p.gate, committed=lambda: p.committed)
 
     def listen(self, now: float, source: AudioSource) -> None:
         """Audio arrived up to `now`: lets the transcriber run an interim pass on `source()`."""
@@ -159,26 +225,34 @@ class TurnManager:
     # --- one turn -----------------------------------------------------------------------------
     async def _turn(self, m: TurnMetrics, final: asyncio.Task[Transcript]) -> None:
         transcript = await final  # often already done: the speculative pass at the pause was the final
-        m.stt_final_at = transcript.at
-        m.user_text = transcript.text
-        self.on_event({"type": "transcript", "final": True, "text": m.user_text, "turn": m.index})
-        if not m.user_text:
+        if not transcript.text:
+            m.stt_final_at = transcript.at
+            self.on_event({"type": "transcript", "final": True, "text": "", "turn": m.index})
             log.info("turn %d: no words recognised; still listening", m.index)
             self._set_state(State.LISTENING)
             return
-        self.conversation.add_user(m.user_text)
-        await self._reply_to(m)
+        self._record_user(m, transcript.text, transcript.at)
+        await self._reply_to(m, self.conversation.for_llm())
 
-    async def _reply_to(self, m: TurnMetrics) -> None:
+    async def _reply_to(
+        self, m: TurnMetrics, messages: list[dict], gate: asyncio.Event | None = None,
+        committed: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """One reply in one scope: thinking and speaking as children of a TaskGroup. Audio waits for
+        `gate` (a preemptive reply); an uncommitted reply leaves no trace when cancelled."""
         rid = self._rid = self.tts.new_request_id()
         self._current = m
+        m.llm_request_at = m.llm_first_token_at = m.first_phrase_at = m.tts_first_chunk_at = None
         phrases: asyncio.Queue[str | None] = asyncio.Queue()
         generated: list[str] = []
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._think(m, phrases, generated))
-                tg.create_task(self._speak(m, phrases, rid))
+                tg.create_task(self._think(m, messages, phrases, generated))
+                tg.create_task(self._speak(m, phrases, rid, gate))
         finally:
+            if not committed():
+                self.playout.forget(rid)
+                return  # noqa: B012 — a discarded preemptive reply: nothing was heard or said
             m.agent_text = "".join(generated).strip()
             m.heard_text = self.playout.heard_text(rid)
             m.first_audio_played_at = self.playout.first_played_at(rid)
@@ -191,13 +265,15 @@ class TurnManager:
             if self._reply is asyncio.current_task():
                 self._set_state(State.LISTENING)
 
-    async def _think(self, m: TurnMetrics, phrases: asyncio.Queue[str | None], generated: list[str]) -> None:
+    async def _think(
+        self, m: TurnMetrics, messages: list[dict], phrases: asyncio.Queue[str | None], generated: list[str]
+    ) -> None:
         """LLM deltas → phrases (first one short). An LLM failure becomes a spoken apology."""
         splitter = PhraseSplitter()
         m.llm_request_at = self.clock.now()
         try:
             async with self.clock.working():
-                async for delta in self.llm.stream(self.conversation.for_llm()):
+                async for delta in self.llm.stream(messages):
                     if m.llm_first_token_at is None:
                         m.llm_first_token_at = self.clock.now()
                     generated.append(delta)
@@ -218,7 +294,9 @@ class TurnManager:
             m.first_phrase_at = self.clock.now()
         phrases.put_nowait(phrase)
 
-    async def _speak(self, m: TurnMetrics, phrases: asyncio.Queue[str | None], rid: str) -> None:
+    async def _speak(
+        self, m: TurnMetrics, phrases: asyncio.Queue[str | None], rid: str, gate: asyncio.Event | None
+    ) -> None:
         async def source():
             while (p := await phrases.get()) is not None:
                 yield p
@@ -226,6 +304,9 @@ class TurnManager:
         async for chunk in self.tts.stream_phrases(source(), rid):
             if m.tts_first_chunk_at is None and chunk.samples.size:
                 m.tts_first_chunk_at = self.clock.now()
+            if gate is not None and not gate.is_set():
+                await gate.wait()  # a preemptive reply: held until the endpoint is confirmed
+            if chunk.samples.size and self.state is not State.SPEAKING:
                 self._set_state(State.SPEAKING)
             await self.playout.play(chunk)
         await self.playout.drain(rid)

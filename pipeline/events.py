@@ -62,6 +62,7 @@ class TurnMetrics:
     agent_text: str = ""
     heard_text: str = ""
     interrupted: bool = False
+    preemptive: bool = False  # the reply was started at the first silence, before the endpoint
     error: str | None = None
     # media times (seconds)
     user_started: float | None = None
@@ -99,6 +100,7 @@ class TurnMetrics:
             "agent_text": self.agent_text,
             "heard_text": self.heard_text,
             "interrupted": self.interrupted,
+            "preemptive": self.preemptive,
             "error": self.error,
             "timings_ms": self.timings_ms(),
             "media_times": {

@@ -130,6 +130,11 @@ class StreamingTranscriber:
             return task
         return None
 
+    def speculation(self) -> asyncio.Task | None:
+        """The speculative final pass in flight (result: (text, done_at) or None), if any."""
+        spec = self._spec
+        return spec.task if spec is not None and not spec.discarded else None
+
     def update(self, now: float, source: AudioSource) -> None:
         """Audio has arrived up to `now`: start an interim pass if one is due and the engine is free.
 

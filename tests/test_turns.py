@@ -14,7 +14,7 @@ import pytest
 from agent.context import INTERRUPTED_NOTE, Conversation
 from agent.turns import APOLOGY, State, TurnManager
 from pipeline.clock import VirtualClock
-from pipeline.events import SpeechEnded, SpeechStarted
+from pipeline.events import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted
 from tests.fakes import FakeLLM, FakeSTT, FakeTTSEngine, RecordingSink, settle
 from transport.playout import Playout
 from tts.stream import StreamingTTS
@@ -125,3 +125,49 @@ async def test_empty_transcript_starts_no_reply():
     assert rig.llm.requests == []
     assert rig.turns.turns[0].agent_text == ""
     assert rig.turns.idle() and rig.turns.state is State.LISTENING
+
+
+async def _pause_then(rig: Rig, resume: bool) -> float:
+    """User speaks 1 s, pauses; either resumes (then ends) or the pause becomes the endpoint."""
+    t = rig.clock.now()
+    await rig.turns.handle(SpeechStarted(t))
+    await settle(rig.clock, 1.0)
+    last = t + 1.0
+    await rig.turns.handle(SpeechPaused(last, AUDIO))
+    await settle(rig.clock, 0.3)  # the held reply is thinking now
+    if resume:
+        await rig.turns.handle(SpeechResumed(rig.clock.now()))
+        await settle(rig.clock, 0.5)
+        last = rig.clock.now()
+        await rig.turns.handle(SpeechPaused(last, AUDIO))
+    await settle(rig.clock, 0.4 if not resume else 0.5)
+    await rig.turns.handle(SpeechEnded(t, last, rig.clock.now(), AUDIO))
+    return last
+
+
+async def test_preemptive_reply_starts_at_the_pause_and_is_adopted_at_the_endpoint():
+    async with Rig(["hello there"], ["Hi! Nice to hear you."]) as rig:
+        rig.llm.ttft_s = 0.3
+        last = await _pause_then(rig, resume=False)
+        await rig.turns.wait_reply()
+    (m,) = rig.turns.turns
+    assert m.preemptive and m.heard_text == "Hi! Nice to hear you."
+    assert m.llm_request_at < m.endpoint_at, "the LLM was not asked before the endpoint"
+    assert len(rig.llm.requests) == 1 and len(rig.stt.calls) == 1  # the speculative pass was the final
+    # audio was held until the endpoint, and then came sooner than endpoint + LLM time
+    assert m.endpoint_at <= m.first_audio_played_at < m.endpoint_at + 0.3
+    assert [x.role for x in rig.turns.conversation.messages] == ["user", "assistant"]
+
+
+async def test_preemptive_reply_is_discarded_unheard_when_the_user_resumes():
+    async with Rig(["first part", "first part and the rest"], ["Wrong early answer.", "Right answer."]) as rig:
+        before = asyncio.all_tasks()
+        await _pause_then(rig, resume=True)
+        await rig.turns.wait_reply()
+        assert not _leftover_tasks(before)
+    (m,) = rig.turns.turns
+    assert rig.turns.preempts_discarded == 1
+    assert rig.llm.closed == len(rig.llm.requests) == 2, "the discarded LLM stream was not closed"
+    assert m.heard_text == "Right answer." and m.user_text == "first part and the rest"
+    assert [x.text for x in rig.turns.conversation.messages] == ["first part and the rest", "Right answer."]
+    assert not any("Wrong" in (t.get("metrics", {}).get("agent_text", "")) for t in rig.events)
