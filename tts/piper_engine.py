@@ -34,8 +34,8 @@ _DEC_OUT = "/dec/Tanh_output_0"  # audio [1, 1, frames * hop]
 FLOW_PAD = 24  # frames of context for the flow windows (4 coupling layers of 4 k=5 convs): exact to >100 dB
 DECODER_PAD = 8  # frames of context for the vocoder windows: >65 dB
 FLOW_BLOCK = 192  # frames per flow call after the first (the flow is cheap: ~0.2 ms a frame)
-WINDOW = 112  # frames per vocoder call after the first (~1.3 s of audio, ~65 ms of compute idle, so
-# the second piece is ready well before the first ~200 ms have played, even with the cores shared)
+WINDOW = 112  # frames per vocoder call at most (~1.3 s of audio, ~65 ms of compute idle); windows
+# double from the first, so that the margins (fixed cost per call) stay a small share
 MIN_TAIL = 32  # a phrase's last window is not left shorter than this (margins cost the same)
 WARMUP_TEXT = "Hello, this is the voice warming up, so that the first reply starts at once."
 TARGET_RMS = 0.09  # loudness the voice is scaled to (Piper's own per-sentence peak normalization
@@ -165,7 +165,8 @@ class PiperEngine:
                     z_done = e
                 audio = self._dec.run([_DEC_OUT], {_FLOW_OUT: z[:, :, lo:hi]})[0].reshape(-1)
             yield _finish(audio[(start - lo) * self.hop : (end - lo) * self.hop], gain)
-            start, width = end, WINDOW
+            start, width = end, min(WINDOW, width * 2)  # 18, 36, 72, 112 frames: each ready before
+            # the audio already out has played, even when the cores are shared
 
     def _speakable(self, text: str) -> str:
         """Drop letters an English voice cannot say (espeak spells Cyrillic letter by letter and reads

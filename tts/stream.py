@@ -185,7 +185,13 @@ class StreamingTTS:
                     pieces: Iterator | None = None
                     source = _pieces_of(cached)
                 else:
-                    pieces = self._engine_pieces(text, self.first_chunk_samples if index == 0 else self.chunk_samples)
+                    # The first window of a phrase is small only when a listener would be waiting
+                    # for it; with audio buffered ahead, bigger windows cost less (fewer margins).
+                    ahead = (playhead - time.perf_counter()) if playhead is not None else 0.0
+                    first = self.first_chunk_samples if index == 0 else max(
+                        self.chunk_samples, min(int(ahead / 2 * self.engine.sample_rate), self.engine.sample_rate)
+                    )
+                    pieces = self._engine_pieces(text, first)
                     source = None
                 words = text.split()
                 said = 0  # words handed out in spans so far
