@@ -342,3 +342,23 @@ async def test_idle_sessions_are_closed(start_server):
         await srv.wait_no_sessions(3)
     finally:
         await call.close()
+
+
+async def test_bad_data_channel_messages_are_ignored(start_server):
+    srv = await start_server()
+    call = AgentCall(_mic())
+    try:
+        await call.connect(srv.url)
+        await call.wait_event(lambda e: e["type"] == "state", 5)
+        for junk in ["not json", "[1, 2]", '{"no": "type"}', '{"type": "client_v2v", "turn": "x", "ms": 5}',
+                     '{"type": "client_v2v", "turn": 0, "ms": NaN}', '{"type": "client_v2v", "turn": 0, "ms": -3}',
+                     '{"type": "mystery"}']:
+            call.channel.send(junk)
+        call.send({"type": "client_v2v", "turn": 0, "ms": 812.5})
+        echo = await call.wait_event(lambda e: e["type"] == "v2v", 5)
+        assert echo == {"type": "v2v", "turn": 0, "client_ms": 812.5, "server_ms": None}
+        (peer,) = srv.app[PEERS].values()
+        assert peer.client_v2v == {0: 812.5}
+    finally:
+        await call.close()
+    await srv.wait_no_sessions()

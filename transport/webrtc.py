@@ -205,7 +205,7 @@ class PeerSession:
         self.created = time.monotonic()
         self.connected_at: float | None = None
         self.last_activity = time.monotonic()
-        self.events: list[dict] = []  # everything sent to the browser (kept for tests and logs)
+        self.events: deque[dict] = deque(maxlen=1000)  # the latest events sent to the browser
         self.client_v2v: dict[int, float] = {}  # turn → voice-to-voice the browser measured (ms)
         self.turns: dict[int, dict] = {}  # turn → server metrics, with "client_v2v_ms" beside them
         self.closed = asyncio.Event()
@@ -275,8 +275,10 @@ class PeerSession:
         if kind == "client_v2v":
             try:
                 turn, ms = int(msg["turn"]), float(msg["ms"])
-            except (KeyError, TypeError, ValueError):
-                log.info("%s: client_v2v needs integer 'turn' and number 'ms': %.80r", self.name, message)
+                if not (turn >= 0 and 0 <= ms < 600_000):
+                    raise ValueError
+            except (KeyError, TypeError, ValueError, OverflowError):
+                log.info("%s: client_v2v needs a turn index and a plausible 'ms': %.80r", self.name, message)
                 return
             self.client_v2v[turn] = ms
             m = self.turns.get(turn)
