@@ -13,8 +13,10 @@ the LLM stream is closed, synthesis stops, queued audio is flushed, and nothing 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -59,6 +61,15 @@ class TurnOptions:
     barge_in: bool = True
     barge_in_min_speech_ms: int = 150  # shorter noises (a click, a tap) do not interrupt
     preemptive: bool = True  # start thinking and speaking (held) at the first silence
+    # Backchannels ("mm-hm", "yeah", "okay") during a reply: with this on, user speech during a
+    # reply is judged at its end; a backchannel lets the agent talk on, anything else (or speech
+    # longer than backchannel_max_ms) interrupts, timed from its onset. Off: interrupt at once.
+    ignore_backchannels: bool = False
+    backchannel_max_ms: int = 800
+    # The first phrase of a reply may end at a comma after this many words, and is cut after the
+    # max: the LLM writes ~4 words/s on 1 core, so each word waited for is ~250 ms of silence.
+    first_phrase_min_words: int = 2
+    first_phrase_max_words: int = 5
     greeting: str | None = None
 
 
@@ -72,6 +83,19 @@ class _Preempt:
     text: str = ""
     ready_at: float | None = None
     committed: bool = False
+
+
+BACKCHANNELS = frozenset({
+    "mm", "mmm", "mm hmm", "mhm", "hmm", "uh huh", "yeah", "yes", "yep", "yup", "okay", "ok", "right",
+    "sure", "alright", "all right", "i see", "got it", "cool", "oh", "ah", "uh", "aha",
+})
+
+
+def is_backchannel(text: str) -> bool:
+    """A short acknowledgement that is not a request for the floor ("Mm-hmm.", "Yeah, yeah.")."""
+    words = re.sub(r"[^a-z' ]", " ", text.lower().replace("-", " ")).split()
+    deduped = [w for i, w in enumerate(words) if i == 0 or w != words[i - 1]]
+    return 0 < len(deduped) <= 3 and " ".join(deduped) in BACKCHANNELS
 
 
 class TurnManager:
@@ -104,16 +128,27 @@ class TurnManager:
         self._pending_user: TurnMetrics | None = None
         self._preempt: _Preempt | None = None
         self.preempts_discarded = 0
+        self._candidate: float | None = None  # onset of user speech being judged as a backchannel
+        self.backchannels = 0
+        self._background: set[asyncio.Task] = set()
 
     # --- events in ----------------------------------------------------------------------------
     async def handle(self, event: VADEvent) -> None:
         if isinstance(event, SpeechStarted):
             if self._reply is not None and not self._reply.done() and self.options.barge_in:
-                await self.barge_in(event.at)
+                if self.options.ignore_backchannels:
+                    self._candidate = event.at  # judged when it ends, or cut in when it runs long
+                else:
+                    await self.barge_in(event.at)
             m = TurnMetrics(index=len(self.turns), user_started=event.at)
             self._pending_user = m
             self.transcriber.handle(event)
-            self._set_state(State.USER_SPEAKING)
+            if self._candidate is None:
+                self._set_state(State.USER_SPEAKING)
+        elif isinstance(event, SpeechEnded) and self._candidate is not None:
+            m = self._pending_user or TurnMetrics(index=len(self.turns), user_started=event.started)
+            self._pending_user, onset, self._candidate = None, self._candidate, None
+            self._spawn(self._judge(m, event, self.transcriber.handle(event), onset))
         elif isinstance(event, SpeechEnded):
             m = self._pending_user or TurnMetrics(index=len(self.turns), user_started=event.started)
             self._pending_user = None
@@ -132,7 +167,8 @@ class TurnManager:
         elif isinstance(event, SpeechPaused):
             self.transcriber.handle(event)  # the speculative final pass starts
             spec = self.transcriber.speculation()
-            if self.options.preemptive and spec is not None and self._pending_user is not None:
+            if (self.options.preemptive and spec is not None and self._pending_user is not None
+                    and self._candidate is None):
                 self._discard(self._preempt)
                 p = self._preempt = _Preempt(event.last_voiced, asyncio.Event())
                 p.task = asyncio.create_task(self._preemptive(self._pending_user, p, spec), name="preemptive")
@@ -175,6 +211,32 @@ class TurnManager:
     def listen(self, now: float, source: AudioSource) -> None:
         """Audio arrived up to `now`: lets the transcriber run an interim pass on `source()`."""
         self.transcriber.update(now, source)
+        onset = self._candidate
+        if onset is not None and now - onset > self.options.backchannel_max_ms / 1000:
+            self._candidate = None  # too long for a backchannel: the user wants the floor
+            self._spawn(self._cut_in(onset))
+
+    async def _cut_in(self, onset: float) -> None:
+        await self.barge_in(onset)
+        self._set_state(State.USER_SPEAKING)
+
+    async def _judge(self, m: TurnMetrics, event: SpeechEnded, final: asyncio.Task[Transcript], onset: float) -> None:
+        """Short user speech during a reply: a backchannel is let go; anything else interrupts."""
+        transcript = await final
+        if is_backchannel(transcript.text):
+            self.backchannels += 1
+            self.on_event({"type": "backchannel", "text": transcript.text, "at": onset})
+            return
+        await self.barge_in(onset)
+        m.user_last_voiced, m.endpoint_at = event.last_voiced, event.decided_at
+        self.turns.append(m)
+        self._set_state(State.THINKING)
+        self._reply = asyncio.create_task(self._turn(m, final), name=f"turn-{m.index}")
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _interim(self, t: Transcript) -> None:
         if not t.final:
@@ -195,7 +257,8 @@ class TurnManager:
 
     def idle(self) -> bool:
         """True when nobody has the floor: no user speech, no reply in progress."""
-        return self._pending_user is None and (self._reply is None or self._reply.done())
+        return (self._pending_user is None and not self._background
+                and (self._reply is None or self._reply.done()))
 
     async def barge_in(self, at: float) -> None:
         """Cancel the reply in flight: one cancel, then record what the user actually heard."""
@@ -203,6 +266,8 @@ class TurnManager:
         if task is None or task.done():
             return
         t0 = time.perf_counter()
+        if self._rid is not None:
+            self.tts.cancel(self._rid)  # the TTS times its own acknowledgement from here
         task.cancel()
         self.playout.flush()
         await asyncio.gather(task, return_exceptions=True)
@@ -213,6 +278,9 @@ class TurnManager:
         log.info("barge-in at %.2f: reply cancelled in %.1f ms", at, (time.perf_counter() - t0) * 1000)
 
     async def aclose(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self._reply is not None and not self._reply.done():
             self._reply.cancel()
             await asyncio.gather(self._reply, return_exceptions=True)
@@ -269,7 +337,7 @@ class TurnManager:
         self, m: TurnMetrics, messages: list[dict], phrases: asyncio.Queue[str | None], generated: list[str]
     ) -> None:
         """LLM deltas → phrases (first one short). An LLM failure becomes a spoken apology."""
-        splitter = PhraseSplitter()
+        splitter = PhraseSplitter(self.options.first_phrase_min_words, self.options.first_phrase_max_words)
         m.llm_request_at = self.clock.now()
         try:
             async with self.clock.working():
@@ -301,7 +369,12 @@ class TurnManager:
             while (p := await phrases.get()) is not None:
                 yield p
 
-        async for chunk in self.tts.stream_phrases(source(), rid):
+        async with contextlib.aclosing(self.tts.stream_phrases(source(), rid)) as chunks:
+            await self._play(m, chunks, gate)
+        await self.playout.drain(rid)
+
+    async def _play(self, m: TurnMetrics, chunks, gate: asyncio.Event | None) -> None:
+        async for chunk in chunks:
             if m.tts_first_chunk_at is None and chunk.samples.size:
                 m.tts_first_chunk_at = self.clock.now()
             if gate is not None and not gate.is_set():
@@ -309,7 +382,6 @@ class TurnManager:
             if chunk.samples.size and self.state is not State.SPEAKING:
                 self._set_state(State.SPEAKING)
             await self.playout.play(chunk)
-        await self.playout.drain(rid)
 
     def _set_state(self, state: State) -> None:
         if state is not self.state:

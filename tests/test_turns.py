@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from agent.context import INTERRUPTED_NOTE, Conversation
-from agent.turns import APOLOGY, State, TurnManager
+from agent.turns import APOLOGY, State, TurnManager, TurnOptions
 from pipeline.clock import VirtualClock
 from pipeline.events import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted
 from tests.fakes import FakeLLM, FakeSTT, FakeTTSEngine, RecordingSink, settle
@@ -23,7 +23,7 @@ AUDIO = np.zeros(16000, np.float32)
 
 
 class Rig:
-    def __init__(self, texts: list[str], replies: list[str], **llm_kw) -> None:
+    def __init__(self, texts: list[str], replies: list[str], options: TurnOptions | None = None, **llm_kw) -> None:
         self.clock = VirtualClock()
         self.sink = RecordingSink()
         self.playout = Playout(self.clock, self.sink, sample_rate=16000)
@@ -33,7 +33,7 @@ class Rig:
         self.tts = StreamingTTS(self.engine, working=self.clock.working)
         self.events: list[dict] = []
         self.turns = TurnManager(self.stt, self.llm, self.tts, self.playout, self.clock,
-                                 Conversation("be brief"), on_event=self.events.append)
+                                 Conversation("be brief"), options=options, on_event=self.events.append)
 
     async def __aenter__(self):
         self._playout_task = asyncio.create_task(self.playout.run())
