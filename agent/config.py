@@ -19,6 +19,7 @@ from typing import Any
 
 from agent.llm import LLMOptions
 from agent.prompts import SPEECH_SYSTEM_PROMPT
+from agent.turns import TurnOptions
 from pipeline.vad import VADOptions
 from stt.whisper import WhisperOptions
 from tts.engine import VoiceOptions
@@ -45,11 +46,12 @@ class AgentConfig:
     embedded_llm: EmbeddedLLMOptions = field(default_factory=EmbeddedLLMOptions)
     tts: TTSOptions = field(default_factory=TTSOptions)
     vad: VADOptions = field(default_factory=VADOptions)
+    turns: TurnOptions = field(default_factory=TurnOptions)
     system_prompt: str = SPEECH_SYSTEM_PROMPT
     echo_cancel: bool = True  # remove the agent's own voice from the microphone (speakers, no headset)
 
 
-_SECTIONS = {"stt": "stt", "llm": "llm", "embedded_llm": "embedded_llm", "tts": "tts", "vad": "vad"}
+_SECTIONS = {"stt": "stt", "llm": "llm", "embedded_llm": "embedded_llm", "tts": "tts", "vad": "vad", "turns": "turns"}
 _ALIASES = {("llm", "url"): "base_url"}
 
 

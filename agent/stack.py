@@ -55,7 +55,7 @@ class AgentStack:
         tts = StreamingTTS(self.tts_engine, self.cache, chunk_ms=self.config.tts.chunk_ms, working=clock.working)
         turns = TurnManager(
             self.stt, self.llm, tts, playout, clock, Conversation(self.config.system_prompt, PRIMER),
-            options=turn_options, on_event=on_event,
+            options=turn_options or self.config.turns, on_event=on_event,
         )
         segmenter = VADSegmenter(self.config.vad, SileroVAD())
         return Session(segmenter, turns, playout, clock, echo)
