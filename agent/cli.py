@@ -300,5 +300,21 @@ def tts_bench(ctx, json_path, reps, load, threads, voice) -> None:
     _write_json(doc, json_path, also_stdout=False)
 
 
+
+@main.command("turns-bench")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures here.")
+@click.option("--delay", "delays", type=int, multiple=True, help="Echo delays in ms (default 20 80 140 200).")
+@model_options
+@click.pass_context
+def turns_bench(ctx, json_path, delays, **models) -> None:
+    """Turn-taking figures on the real stack: self-interruptions under echo, barge-in, preemption."""
+    from agent.turns_bench import run_turns_bench
+
+    cfg = _config(ctx, **_overrides(**models))
+    kwargs = {"delays_ms": tuple(delays)} if delays else {}
+    doc = _run(run_turns_bench(cfg, progress=_progress, **kwargs))
+    _write_json(doc, json_path, also_stdout=True)
+
+
 if __name__ == "__main__":
     main()

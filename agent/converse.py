@@ -83,6 +83,7 @@ async def converse(
         progress(notes[-1])
     summary = _summary(metrics, underruns, cache, notes, fast, config)
     summary["self_interruptions"] = self_interruptions
+    summary["timeline_start"] = recorder.t0  # media time of the output WAV's first sample
     if echo is not None:
         summary["echo"] = {"db": echo_db, "delay_ms": echo_delay_ms}
     return {"turns": metrics, "summary": summary}
