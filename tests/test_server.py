@@ -199,6 +199,18 @@ async def test_token_is_required_off_loopback(start_server):
     await srv.wait_no_sessions(5)
 
 
+async def test_the_page_gets_the_servers_ice_list_behind_the_token(start_server):
+    srv = await start_server(host="0.0.0.0", token="t0k", ice_servers=["stun:stun.example.org:3478",
+                                                                      "turn:al:pw@turn.example.org:3478"])
+    async with aiohttp.ClientSession() as http:
+        async with http.get(srv.url + "/config") as r:
+            assert r.status == 401
+        async with http.get(srv.url + "/config?token=t0k") as r:
+            assert (await r.json())["iceServers"] == [
+                {"urls": "stun:stun.example.org:3478"},
+                {"urls": "turn:turn.example.org:3478", "username": "al", "credential": "pw"}]
+
+
 def test_safe_network_defaults():
     assert ServeOptions().host == "127.0.0.1" and ServeOptions().ice_servers == []
     assert ServeOptions().token is None  # loopback: no token needed

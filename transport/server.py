@@ -100,7 +100,7 @@ def _error(status: int, reason: str) -> web.Response:
 
 
 def make_app(stack: StackLike, options: ServeOptions) -> web.Application:
-    """The aiohttp application: `/` (the page), `/static/*`, `POST /offer`, `GET /health`."""
+    """The aiohttp application: `/` (the page), `/static/*`, `POST /offer`, `GET /config`, `GET /health`."""
     app = web.Application(client_max_size=options.max_body_bytes)
     app[PEERS] = {}
     app[OPTIONS] = options
@@ -108,6 +108,7 @@ def make_app(stack: StackLike, options: ServeOptions) -> web.Application:
     enable_loopback_candidates()  # a browser on this machine may only share loopback with us
     app.router.add_get("/", _index)
     app.router.add_get("/health", _health)
+    app.router.add_get("/config", _client_config)
     app.router.add_post("/offer", _offer)
     app.router.add_static("/static/", STATIC, show_index=False)
     app.on_shutdown.append(_close_all)
@@ -121,6 +122,19 @@ async def _index(request: web.Request) -> web.StreamResponse:
 async def _health(request: web.Request) -> web.Response:
     opts: ServeOptions = request.app[OPTIONS]
     return web.json_response({"ok": True, "sessions": len(request.app[PEERS]), "max_sessions": opts.max_sessions})
+
+
+async def _client_config(request: web.Request) -> web.Response:
+    """The page's RTCPeerConnection settings: the same --ice-server list (TURN needs both ends)."""
+    opts: ServeOptions = request.app[OPTIONS]
+    if not _authorized(request, opts.token):  # TURN credentials are not for everyone
+        return _error(401, "missing or wrong access token")
+    servers = []
+    for spec in opts.ice_servers:
+        s = parse_ice_server(spec)
+        servers.append({k: v for k, v in (("urls", s.urls), ("username", s.username), ("credential", s.credential))
+                        if v is not None})
+    return web.json_response({"iceServers": servers})
 
 
 def _authorized(request: web.Request, token: str | None) -> bool:

@@ -81,8 +81,10 @@ async function connect() {
     listMics();
     audioCtx = new AudioContext();
     await audioCtx.resume();
-    const iceServers = JSON.parse(params.get("ice") || "[]");
-    pc = new RTCPeerConnection({iceServers});
+    const headers = {"Content-Type": "application/json"};
+    if (params.get("token")) headers.Authorization = "Bearer " + params.get("token");
+    const config = await fetch("/config", {headers}).then((r) => (r.ok ? r.json() : {iceServers: []}));
+    pc = new RTCPeerConnection({iceServers: config.iceServers || []}); // the server's --ice-server list
     localStream.getAudioTracks().forEach((t) => pc.addTrack(t, localStream));
     channel = pc.createDataChannel("events");
     channel.onmessage = (e) => onEvent(JSON.parse(e.data));
@@ -90,8 +92,6 @@ async function connect() {
     pc.onconnectionstatechange = onConnectionState;
     await pc.setLocalDescription(await pc.createOffer());
     await iceGatheringComplete(pc);
-    const headers = {"Content-Type": "application/json"};
-    if (params.get("token")) headers.Authorization = "Bearer " + params.get("token");
     const resp = await fetch("/offer", {method: "POST", headers,
       body: JSON.stringify({sdp: pc.localDescription.sdp, type: pc.localDescription.type})});
     const body = await resp.json().catch(() => ({}));
