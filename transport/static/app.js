@@ -339,13 +339,7 @@ function renderLatency() {
     const li = document.createElement("li");
     const bar = document.createElement("div");
     bar.className = "bar";
-    let sum = 0;
-    for (const s of STAGES) {
-      if (t[s] == null || t[s] <= 0) continue;
-      sum += t[s];
-      bar.appendChild(segment(s, t[s], scale));
-    }
-    if (t.voice_to_voice != null && t.voice_to_voice - sum > 1) bar.appendChild(segment("other", t.voice_to_voice - sum, scale));
+    for (const [stage, value] of stageSpans(t)) bar.appendChild(segment(stage, value, scale));
     if (rj.clientV2V[i] !== undefined) {
       const mark = document.createElement("span");
       mark.className = "client";
@@ -362,6 +356,20 @@ function renderLatency() {
     li.appendChild(nums);
     bars.appendChild(li);
   }
+}
+
+function stageSpans(t) {
+  // LLM first token → first phrase → TTS first audio → played is one chain ending at the first audio;
+  // what precedes it (endpoint, STT) can overlap it when work starts speculatively at a pause, so the
+  // bar lays the chain back from voice-to-voice and gives the endpoint/STT only the time left.
+  const v2v = t.voice_to_voice;
+  if (v2v == null) return STAGES.filter((s) => t[s] > 0).map((s) => [s, t[s]]);
+  const chain = ["llm_ttft", "first_phrase", "tts_ttfa", "playout"].filter((s) => t[s] > 0).map((s) => [s, t[s]]);
+  const pre = Math.max(0, v2v - chain.reduce((a, [, v]) => a + v, 0));
+  const endpoint = Math.min(pre, Math.max(0, t.endpoint || 0));
+  const spans = [["endpoint", endpoint]];
+  if (pre - endpoint > 1) spans.push([t.stt_final > 0 ? "stt_final" : "other", pre - endpoint]);
+  return spans.concat(chain).filter(([, v]) => v > 0);
 }
 
 function segment(stage, value, scale) {
