@@ -266,14 +266,15 @@ class TurnManager:
         if task is None or task.done():
             return
         t0 = time.perf_counter()
+        if m is not None:  # before the cancel: the reply's own turn event must already say so
+            m.interrupted = True
+            m.barge_in_at = at
         if self._rid is not None:
             self.tts.cancel(self._rid)  # the TTS times its own acknowledgement from here
         task.cancel()
         self.playout.flush()
         await asyncio.gather(task, return_exceptions=True)
         if m is not None:
-            m.interrupted = True
-            m.barge_in_at = at
             m.tts["cancellation_latency_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         log.info("barge-in at %.2f: reply cancelled in %.1f ms", at, (time.perf_counter() - t0) * 1000)
 

@@ -29,6 +29,7 @@ class EchoOptions:
     estimate_every_ms: float = 250.0
     window_ms: float = 1000.0  # audio used for each delay/gain estimate
     min_correlation: float = 0.7  # below this the estimate is not trusted (e.g. user talking over)
+    search_s: float = 0.6  # agent-audible time to find an echo path; none found → no echo (headset, browser AEC)
     residual_floor: float = 0.1  # residual energy below this × the echo's is leftover echo (-10 dB)
 
 
@@ -47,6 +48,7 @@ class EchoCanceller:
         self._ref_rs: _Track | None = None
         self._mic_rs: _Track | None = None
         self._since_estimate = 0
+        self._searched_s = 0.0  # agent-audible time spent without an echo estimate
         self.delay: int | None = None  # samples
         self.gain = 0.0
         self.correlation = 0.0
@@ -94,12 +96,14 @@ class EchoCanceller:
             self._since_estimate = 0
             self._estimate()
         out = mic
-        if self.delay is None and mic.size:
+        if self.delay is None and mic.size and self._searched_s < self.o.search_s:
             # no echo path known yet: while the agent is audible, only a voice louder than it passes
             recent = self._ref_segment(start - self._max_lag, self._max_lag + len(mic))
             loudest = float(np.max(_block_energy(recent, len(mic))))
-            if loudest > 1e-6 and float(np.mean(mic**2)) < 2.0 * loudest:
-                out = np.zeros_like(mic)
+            if loudest > 1e-6:
+                self._searched_s += len(mic) / self.rate
+                if float(np.mean(mic**2)) < 2.0 * loudest:
+                    out = np.zeros_like(mic)
         elif self.gain > 0 and mic.size:
             echo = self.gain * self._ref_segment(start - self.delay, len(mic))
             out = mic - echo

@@ -26,7 +26,7 @@ def agent_voice() -> list[np.ndarray]:
     return [engine.synthesize(r) for r in REPLIES]
 
 
-def run(agent22k: np.ndarray, echo_db: float, delay_ms: float, user: np.ndarray | None, user_at: float,
+def run(agent22k: np.ndarray, echo_db: float | None, delay_ms: float, user: np.ndarray | None, user_at: float,
         cancel: bool = True) -> list[float]:
     """Play the agent at 24 kHz, build the mic at 16 kHz (echo + optional user), return speech starts."""
     played = resample(agent22k, 22050, 24000)
@@ -34,7 +34,8 @@ def run(agent22k: np.ndarray, echo_db: float, delay_ms: float, user: np.ndarray 
     n = len(agent16) + 16000
     mic = np.zeros(n, np.float32)
     d = int(delay_ms * 16)
-    mic[d : d + len(agent16)] += 10 ** (echo_db / 20) * agent16[: n - d]
+    if echo_db is not None:
+        mic[d : d + len(agent16)] += 10 ** (echo_db / 20) * agent16[: n - d]
     if user is not None:
         i = int(user_at * 16000)
         mic[i : i + len(user)] += user[: n - i]
@@ -68,4 +69,13 @@ def test_user_talking_over_the_echo_is_still_heard(agent_voice, delay_ms):
     user = resample(user, rate, 16000)
     for reply in agent_voice:
         starts = run(reply, -10, delay_ms, user, user_at=1.5)
+        assert len(starts) == 1 and 1.5 < starts[0] < 2.3, starts
+
+
+def test_without_an_echo_path_the_user_is_heard_over_the_agent(agent_voice):
+    """A headset, or a browser that cancelled the echo itself: nothing to subtract, nothing muted."""
+    user, rate = read_audio(DATA / "goforward.wav")
+    user = resample(user, rate, 16000) * 0.5  # quieter than the agent's own output
+    for reply in agent_voice:
+        starts = run(reply, None, 0, user, user_at=1.5)
         assert len(starts) == 1 and 1.5 < starts[0] < 2.3, starts

@@ -102,6 +102,8 @@ async def test_barge_in_cancels_reply_flushes_audio_and_keeps_heard_words():
     assert m.heard_text and long_reply.startswith(m.heard_text.rstrip(".")[:10])
     assert len(m.heard_text.split()) < len(long_reply.split())
     assert m.tts["cancellation_latency_ms"] < 50
+    (event,) = [e["metrics"] for e in rig.events if e["type"] == "turn"]
+    assert event["interrupted"] and event["timings_ms"]["barge_in_to_silence"] is not None
     last = rig.turns.conversation.messages[-1]
     assert last.role == "assistant" and last.interrupted and last.text == m.heard_text
     assert rig.turns.conversation.for_llm()[-1] == {"role": "system", "content": INTERRUPTED_NOTE}
