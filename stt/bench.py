@@ -288,7 +288,9 @@ async def run_bench(models: list[str], repeat: int = 3, baseline: bool = False, 
         doc["models"][name] = {}
         for mode, opts in modes.items():
             progress(f"{name} / {mode}: {len(clips)} clips × {repeat}…")
+            engine.stats.clear()
             doc["models"][name][mode] = await bench_engine(engine, clips, repeat, opts, progress=progress)
+            doc["models"][name][mode]["engine_paths"] = dict(engine.stats)  # short / full / fallback:<why>
     doc["setup"]["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
     return doc
 
