@@ -1,7 +1,7 @@
 """The streaming transcriber: a growing utterance in, interim transcripts and a timely final out.
 
-Whisper is not a streaming model (every call pads to 30 s and costs about the same), so streaming
-here means scheduling whole-utterance passes well:
+Whisper is not a streaming model (every call encodes a whole window: at least 10 s of features, see
+stt/whisper.py), so streaming here means scheduling whole-utterance passes well:
 
 * interim passes while the user speaks, on a worker thread, at most one in flight; a pass that
   is due while another runs is skipped, never queued (the next tick picks up the newer audio);
