@@ -40,8 +40,10 @@ async def test_spoken_conversation_from_a_recording(tmp_path):
     assert {"young", "man"} <= set(words(turn["user_text"]))
     assert turn["agent_text"] and turn["heard_text"] and not turn["interrupted"]
     t = turn["timings_ms"]
-    for key in ("endpoint", "stt_final", "llm_ttft", "first_phrase", "tts_ttfa", "voice_to_voice"):
+    for key in ("endpoint", "llm_ttft", "first_phrase", "tts_ttfa", "voice_to_voice"):
         assert t[key] is not None and t[key] >= -1, key
+    # the speculative pass at the first silence can finish before the endpoint: negative is fine
+    assert t["stt_final"] is not None and t["stt_final"] > -t["endpoint"]
     assert t["voice_to_voice"] > t["endpoint"] + t["stt_final"]
     assert turn["tts"]["voice_id"] == "en_US-joe-medium" and turn["tts"]["chunks"] > 0
     assert 0 < turn["tts"]["rtf"] < 1.0
