@@ -316,5 +316,39 @@ def turns_bench(ctx, json_path, delays, **models) -> None:
     _write_json(doc, json_path, also_stdout=True)
 
 
+@main.command()
+@click.option("--turns", type=int, default=10, show_default=True, help="User turns per configuration (and per session).")
+@click.option("--sessions", type=int, default=1, show_default=True, help="Also run this many calls at once (load).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG chart here.")
+@click.option("--url", help="Bench a running `rejoinder serve` (http://HOST:PORT) instead of starting one here.")
+@click.option("--browser", is_flag=True, help="Also run the plain turns through headless Chromium.")
+@click.option("--compare", metavar="KEY=A,B", help="Configurations side by side, alternating (e.g. stt.model=tiny.en,base).")
+@click.option("--fast-start", is_flag=True, help="No warm-up call and shorter pauses between turns (for tests).")
+@model_options
+@click.pass_context
+def bench(ctx, turns, sessions, json_path, plot_path, url, browser, compare, fast_start, **models) -> None:
+    """Voice-to-voice, barge-in, echo and underrun figures over the real WebRTC path, with a report."""
+    from agent.bench import run_bench
+    from agent.bench_report import plot, summary_lines
+
+    if turns < 1 or sessions < 1:
+        _fail("--turns and --sessions must be at least 1")
+    if plot_path is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            _fail("--plot needs matplotlib: pip install 'rejoinder[bench]'")
+    cfg = _config(ctx, **_overrides(**models))
+    doc = _run(run_bench(cfg, turns=turns, sessions=sessions, url=url, compare=compare, fast_start=fast_start,
+                         browser=browser, progress=_progress))
+    for line in summary_lines(doc):
+        click.echo(line)
+    _write_json(doc, json_path, also_stdout=False)
+    if plot_path is not None:
+        plot(doc, plot_path)
+        click.echo(f"wrote {plot_path}", err=True)
+
+
 if __name__ == "__main__":
     main()

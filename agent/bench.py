@@ -1,0 +1,474 @@
+"""`rejoinder bench`: voice-to-voice figures as a user hears them, over the real WebRTC path.
+
+A Python aiortc client calls the server (started here on 127.0.0.1 with the real embedded stack,
+or `--url`) with recorded speech from tests/data as its microphone, and measures on its own clock:
+
+* voice-to-voice: the frame carrying the clip's last voiced sample sent → the first audible agent
+  frame received (energy > 0.01 RMS per 20 ms frame, on both sides);
+* barge-in onset (first voiced frame of the interrupting clip sent) → the agent's audio falls silent
+  (the last audible frame before half a second of silence);
+* self-interruptions: in echo conversations (the agent's received voice mixed back into the mic,
+  100 ms late, at -10 dB) a `user_speaking` state while no user audio was being sent;
+* underruns: digital-silence gaps (the server's output track plays zeros when it starves) inside a
+  reply, plus what the server's turn metrics count.
+
+The server's per-stage breakdown (`timings_ms` of each turn event) is kept beside each turn.
+Scenarios alternate between configurations (`--compare`) conversation by conversation, ABBA, so
+the machine's drift hits both. Summaries, targets and the chart are in `agent/bench_report.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import fractions
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from agent import bench_report as report
+from agent.config import AgentConfig, _set, load_config
+from pipeline.audio import read_audio, resample
+from transport.client import AgentCall
+from transport.webrtc import frame_to_mono
+
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+CLIPS = ["librivox-0880.wav", "goforward.wav", "librivox-0920.wav", "cards/005.wav", "librivox-0870.wav"]
+RATE, STEP = 48_000, 960  # the mic sends 20 ms frames at 48 kHz, like a browser
+VOICED_RMS = 0.01
+SILENT_RUN_S = 0.5  # agent "falls silent": this long without an audible frame
+BARGE_POINTS = (0.5, 1.0, 1.5, 2.0)
+ALIASES = {"preemptive": "turns.preemptive", "stt_model": "stt.model", "threads": "embedded_llm.threads"}
+
+
+# --- the scripted caller ---------------------------------------------------------------------------
+@dataclass
+class SentClip:
+    """A clip queued on the mic; times (time.monotonic) are filled in as its frames are sent."""
+
+    name: str
+    start: int  # sample offset in the mic's stream
+    end: int
+    first_voiced: int  # frame indices within the clip
+    last_voiced: int
+    onset: float | None = None  # the first voiced frame was sent
+    voiced_end: float | None = None  # the frame with the last voiced sample had played out
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _frame_rms(x: np.ndarray, step: int = STEP) -> np.ndarray:
+    n = len(x) // step
+    return np.sqrt(np.mean(x[: n * step].reshape(n, step) ** 2, axis=1)) if n else np.zeros(0)
+
+
+class BenchMic(MediaStreamTrack):
+    """The caller's microphone: queued clips (else silence), plus the agent's received voice mixed
+    back in `echo_delay_s` late at `echo_db` when echo is on (speakers without a headset)."""
+
+    kind = "audio"
+
+    def __init__(self, echo_db: float | None = None, echo_delay_s: float = 0.1) -> None:
+        super().__init__()
+        self.audio = np.zeros(0, np.float32)
+        self.pos = 0
+        self.clips: list[SentClip] = []
+        self._start: float | None = None
+        self.echo_gain = None if echo_db is None else 10 ** (echo_db / 20)
+        self.echo_delay_s = echo_delay_s
+        self._echo: deque[tuple[float, np.ndarray]] = deque()
+        self._pending = np.zeros(0, np.float32)
+
+    def say(self, samples: np.ndarray, rate: int, name: str) -> SentClip:
+        x = resample(samples, rate, RATE).astype(np.float32)
+        start = -(-max(len(self.audio), self.pos) // STEP) * STEP  # next frame boundary
+        self.audio = np.concatenate([np.pad(self.audio, (0, start - len(self.audio))), x])
+        voiced = np.nonzero(_frame_rms(x) > VOICED_RMS)[0]
+        clip = SentClip(name, start, start + len(x), int(voiced[0]), int(voiced[-1]))
+        self.clips.append(clip)
+        return clip
+
+    def heard(self, at: float, samples: np.ndarray) -> None:
+        """A frame of agent audio arrived at `at`: it leaks into the mic `echo_delay_s` later."""
+        if self.echo_gain is not None:
+            self._echo.append((at + self.echo_delay_s, samples))
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        delay = self._start + self.pos / RATE - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        now = time.monotonic()
+        chunk = self.audio[self.pos : self.pos + STEP]
+        chunk = np.pad(chunk, (0, STEP - len(chunk)))
+        for c in self.clips:
+            if c.start <= self.pos < c.end:
+                k = (self.pos - c.start) // STEP
+                if k == c.first_voiced:
+                    c.onset = now
+                if k == c.last_voiced:
+                    c.voiced_end = now + STEP / RATE
+                    c.done.set()
+        if self.echo_gain is not None:
+            while self._echo and self._echo[0][0] <= now:
+                self._pending = np.concatenate([self._pending, self._echo.popleft()[1]])[-RATE // 2 :]
+            echo, self._pending = self._pending[:STEP], self._pending[STEP:]
+            chunk = chunk + self.echo_gain * np.pad(echo, (0, STEP - len(echo)))
+        pcm = (np.clip(chunk, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = RATE, self.pos, fractions.Fraction(1, RATE)
+        self.pos += STEP
+        return frame
+
+
+class BenchCall(AgentCall):
+    """An `AgentCall` whose received audio also feeds the mic's echo path."""
+
+    def __init__(self, mic: BenchMic) -> None:
+        super().__init__(mic)
+        self.mic = mic
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            now, mono = time.monotonic(), frame_to_mono(frame)
+            if frame.sample_rate != RATE:
+                mono = resample(mono, frame.sample_rate, RATE)
+            self.audio.append((now, mono, RATE))
+            self.mic.heard(now, mono)
+
+
+# --- scenarios ----------------------------------------------------------------------------------
+@dataclass
+class Step:
+    clip: str
+    barge_after_s: float | None = None  # start this clip this long into the previous reply
+
+
+@dataclass
+class Conversation:
+    kind: str  # dialogue | barge | echo
+    steps: list[Step]
+
+    @property
+    def echo(self) -> bool:
+        return self.kind == "echo"
+
+
+def plan(turns: int) -> list[Conversation]:
+    """`turns` user turns: multi-turn dialogues, barge-ins at 0.5–2 s into replies, echo conversations."""
+    convs: list[Conversation] = []
+    n, c, b = 0, 0, 0
+    shapes = [("dialogue", 3), ("barge", 4), ("echo", 3)]
+    while n < turns:
+        kind, size = shapes[len(convs) % len(shapes)]
+        size = min(size, turns - n)
+        steps = []
+        for i in range(size):
+            barge = None
+            if kind == "barge" and i > 0:
+                barge, b = BARGE_POINTS[b % len(BARGE_POINTS)], b + 1
+            steps.append(Step(CLIPS[c % len(CLIPS)], barge))
+            c += 1
+        convs.append(Conversation(kind if size > 1 or kind != "barge" else "dialogue", steps))
+        n += size
+    return convs
+
+
+_clip_cache: dict[str, tuple[np.ndarray, int]] = {}
+
+
+def _clip(name: str) -> tuple[np.ndarray, int]:
+    if name not in _clip_cache:
+        _clip_cache[name] = read_audio(DATA / name)
+    return _clip_cache[name]
+
+
+async def _until(predicate: Callable[[], object], timeout: float, poll: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            return None
+        await asyncio.sleep(poll)
+    return value
+
+
+def _first_voiced(call: AgentCall, since: float) -> float | None:
+    for t, s, _ in call.audio:
+        if t >= since and s.size and float(np.sqrt(np.mean(s * s))) > VOICED_RMS:
+            return t
+    return None
+
+
+def _quiet_for(call: AgentCall, seconds: float) -> bool:
+    recent = [s for t, s, _ in call.audio if t >= time.monotonic() - seconds]
+    return len(recent) >= int(seconds * 40) and all(float(np.sqrt(np.mean(s * s))) <= VOICED_RMS for s in recent)
+
+
+async def run_conversation(url: str, conv: Conversation, gap_s: float = 0.8, echo_db: float = -10.0,
+                           reply_timeout_s: float = 45.0, in_process: bool = True) -> dict:
+    """One call through `conv`; returns the raw client measurements and the server's turn events."""
+    mic = BenchMic(echo_db if conv.echo else None)
+    call = BenchCall(mic)
+    t_connect = time.monotonic()
+    try:
+        await call.connect(url)
+        connect_ms = (time.monotonic() - t_connect) * 1000
+        await asyncio.sleep(0.3)
+        clip = mic.say(*_clip(conv.steps[0].clip), conv.steps[0].clip)
+        for i, step in enumerate(conv.steps):
+            if not await _until(lambda: clip.done.is_set(), 30):
+                raise RuntimeError(f"the mic never sent {clip.name}")
+            nxt = conv.steps[i + 1] if i + 1 < len(conv.steps) else None
+            ve = clip.voiced_end
+            if nxt is not None and nxt.barge_after_s is not None:
+                first = await _until(lambda: _first_voiced(call, ve), reply_timeout_s)
+                if first is not None:
+                    await asyncio.sleep(max(0.0, first + nxt.barge_after_s - time.monotonic()))
+            else:
+                await _until(lambda: any(e["type"] == "turn" for e, t in zip(call.events, call.event_times)
+                                         if t >= ve), reply_timeout_s)
+                await _until(lambda: _quiet_for(call, 0.3), 30)
+                await asyncio.sleep(gap_s)
+            if nxt is not None:
+                clip = mic.say(*_clip(nxt.clip), nxt.clip)
+        await asyncio.sleep(0.5)  # the last events and packets
+    finally:
+        await call.close()
+    return {"kind": conv.kind, "connect_ms": round(connect_ms, 1),
+            "turns": analyse(call, mic, conv, in_process)}
+
+
+# --- measurements --------------------------------------------------------------------------------
+def analyse(call: AgentCall, mic: BenchMic, conv: Conversation, in_process: bool = True) -> list[dict]:
+    """Per user turn: client figures from the audio both ways, and the server's turn event. In
+    process the server's media times are on our clock, so the transport's share is measured too."""
+    times = np.array([t for t, _, _ in call.audio])
+    rms = np.array([float(np.sqrt(np.mean(s * s))) if s.size else 0.0 for _, s, _ in call.audio])
+    peak = np.array([float(np.abs(s).max()) if s.size else 0.0 for _, s, _ in call.audio])
+    voiced = rms > VOICED_RMS
+    turn_events = [(t, e["metrics"]) for e, t in zip(call.events, call.event_times) if e["type"] == "turn"]
+    spans = [(c.onset, c.voiced_end) for c in mic.clips if c.onset and c.voiced_end]
+    out = []
+    for i, (step, clip) in enumerate(zip(conv.steps, mic.clips)):
+        ve = clip.voiced_end
+        nxt = mic.clips[i + 1] if i + 1 < len(mic.clips) else None
+        rec: dict = {"conversation": conv.kind, "clip": clip.name, "echo": conv.echo,
+                     "barge_after_s": step.barge_after_s}
+        after = np.nonzero((times >= ve) & voiced)[0]
+        if nxt is not None and nxt.onset is not None:
+            after = after[times[after] < nxt.onset]  # the reply to this clip, not the next one
+        first = int(after[0]) if after.size else None
+        rec["v2v_client_ms"] = round(float(times[first] - ve) * 1000, 1) if first is not None else None
+        rec["first_agent_audio"] = float(times[first]) if first is not None else None
+        server = next((m for t, m in turn_events if t >= ve), None)
+        if server is not None:
+            rec["server"] = {k: server[k] for k in ("index", "user_text", "agent_text", "heard_text",
+                                                      "interrupted", "preemptive", "error", "timings_ms")}
+            rec["server"]["tts_underruns"] = server.get("tts", {}).get("underruns", 0)
+            rec["server"]["media_times"] = server.get("media_times")  # same clock as ours when in-process
+            rec["voiced_end"] = ve
+            mt = server.get("media_times") or {}
+            if in_process and mt.get("user_last_voiced") is not None:  # transport, both ways
+                rec["uplink_ms"] = round((mt["user_last_voiced"] - ve) * 1000, 1)
+                if first is not None and mt.get("first_audio_played") is not None:
+                    rec["downlink_ms"] = round((float(times[first]) - mt["first_audio_played"]) * 1000, 1)
+        else:
+            rec["server"] = None
+        barged = nxt is not None and conv.steps[i + 1].barge_after_s is not None and nxt.onset is not None
+        if first is not None:
+            stop = _reply_end(times, voiced, first, nxt.onset if (nxt and nxt.onset and not barged) else None)
+            rec["client_underruns"], rec["client_underrun_ms"] = _gaps(peak, first, stop)
+            rec["reply_s"] = round(float(times[stop] - times[first]), 2)
+        if barged:
+            rec["barge_in"] = _barge(times, voiced, nxt.onset, server)
+        out.append(rec)
+    # self-interruptions: the server saw the user start talking while nobody was talking
+    states = [t for e, t in zip(call.events, call.event_times) if e.get("state") == "user_speaking"]
+    phantom = [t for t in states if not any(a - 0.1 <= t <= b + 1.0 for a, b in spans)]
+    for rec in out:
+        rec["self_interruptions"] = 0
+    if out:
+        out[0]["self_interruptions"] = len(phantom)  # counted once per conversation
+    return out
+
+
+def _reply_end(times: np.ndarray, voiced: np.ndarray, first: int, before: float | None) -> int:
+    """Index of the reply's last audible frame: before `SILENT_RUN_S` of silence (or `before`)."""
+    run = int(SILENT_RUN_S / 0.02)
+    last = first
+    for j in range(first, len(times)):
+        if before is not None and times[j] >= before:
+            break
+        if voiced[j]:
+            last = j
+        elif j - last >= run:
+            break
+    return last
+
+
+def _gaps(peak: np.ndarray, first: int, last: int) -> tuple[int, float]:
+    """Runs of ≥ 2 digital-silence frames inside a reply, and their length (ms): the server's
+    playout starved and sent zeros (Piper's own pauses are quiet but never exactly zero)."""
+    gaps, frames, run = 0, 0, 0
+    for j in range(first, last + 1):
+        if peak[j] < 1e-4:
+            run += 1
+        else:
+            if run >= 2:
+                gaps, frames = gaps + 1, frames + run
+            run = 0
+    return gaps, frames * 20.0
+
+
+def _barge(times: np.ndarray, voiced: np.ndarray, onset: float, server: dict | None) -> dict:
+    idx = np.nonzero(times >= onset)[0]
+    rec: dict = {"detected": bool(server and server["interrupted"]),
+                 "server_ms": server["timings_ms"].get("barge_in_to_silence") if server else None}
+    if not idx.size:
+        return rec
+    j0 = int(idx[0])
+    speaking = bool(voiced[max(0, j0 - 15) : j0 + 1].any())  # audible within 300 ms before the onset
+    rec["agent_was_speaking"] = speaking
+    if speaking:
+        end = _reply_end(times, voiced, j0, None)
+        rec["client_ms"] = round(max(0.0, times[end] - onset) * 1000, 1)
+    return rec
+
+
+# --- orchestration -------------------------------------------------------------------------------
+def parse_compare(spec: str) -> tuple[str, list]:
+    """`stt.model=tiny.en,base` → ("stt.model", ["tiny.en", "base"]); values typed (bool, int, float)."""
+    key, sep, values = spec.partition("=")
+    key = ALIASES.get(key.strip(), key.strip())
+    vals = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or "." not in key or len(vals) < 2:
+        raise ValueError(f"--compare {spec!r}: expected KEY=A,B (e.g. stt.model=tiny.en,base)")
+
+    def typed(v: str):
+        if v.lower() in ("true", "on", "yes"):
+            return True
+        if v.lower() in ("false", "off", "no"):
+            return False
+        for kind in (int, float):
+            with contextlib.suppress(ValueError):
+                return kind(v)
+        return v
+
+    return key, [typed(v) for v in vals]
+
+
+@contextlib.asynccontextmanager
+async def _served(stack, max_sessions: int):
+    from aiohttp import web
+
+    from transport.server import ServeOptions, make_app
+
+    runner = web.AppRunner(make_app(stack, ServeOptions(port=0, max_sessions=max_sessions)), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def _stack_for(ex: contextlib.AsyncExitStack, base, cfg: AgentConfig, progress):
+    """A stack for `cfg`: shares the base stack's LLM server unless the LLM settings differ."""
+    from agent.stack import AgentStack, load_stack
+
+    if base is None or cfg.llm != base.config.llm or cfg.embedded_llm != base.config.embedded_llm:
+        return await ex.enter_async_context(load_stack(cfg, progress))
+    from stt.whisper import load_engine
+    from tts.piper_engine import PiperEngine
+
+    stt = base.stt if cfg.stt == base.config.stt else await asyncio.to_thread(load_engine, cfg.stt)
+    tts = base.tts_engine if cfg.tts == base.config.tts else await asyncio.to_thread(
+        PiperEngine, cfg.tts.voice, cfg.tts.voice_options, cfg.tts.threads)
+    return AgentStack(cfg, stt, tts, base.llm)
+
+
+async def run_bench(config: AgentConfig | None = None, turns: int = 10, sessions: int = 1, url: str | None = None,
+                    compare: str | None = None, fast_start: bool = False, browser: bool = False,
+                    progress: Callable[[str], None] = print) -> dict:
+    """Run the scenarios; return the JSON document (see `bench_report.build`)."""
+    config = config or load_config()
+    key, values = parse_compare(compare) if compare else (None, [None])
+    if url and compare:
+        raise ValueError("--compare needs in-process servers (one per value); leave out --url")
+    convs = plan(turns)
+    gap = 0.3 if fast_start else 0.8
+    async with contextlib.AsyncExitStack() as ex:
+        targets: list[tuple[str, str]] = []
+        stacks = []
+        if url:
+            targets.append(("remote", url.rstrip("/")))
+        for v in ([] if url else values):
+            cfg = copy.deepcopy(config)
+            if key is not None:
+                _set(cfg, key, v, source="--compare")
+            stack = await _stack_for(ex, stacks[0] if stacks else None, cfg, progress)
+            stacks.append(stack)
+            label = f"{key}={v}" if key else "default"
+            targets.append((label, await ex.enter_async_context(_served(stack, max(4, sessions)))))
+        if not fast_start:
+            for label, u in targets:
+                progress(f"warm-up call ({label})…")
+                await run_conversation(u, Conversation("dialogue", [Step(CLIPS[1])]), gap_s=0.3)
+        cpu = report.CpuMeter()
+        results: dict[str, list[dict]] = {label: [] for label, _ in targets}
+        for n, conv in enumerate(convs):
+            order = targets if n % 2 == 0 else targets[::-1]
+            for label, u in order:
+                progress(f"[{label}] conversation {n + 1}/{len(convs)}: {conv.kind}, {len(conv.steps)} turn(s)…")
+                results[label].append(await run_conversation(u, conv, gap_s=gap, in_process=not url))
+        cpu_single = cpu.read()
+        load = None
+        if sessions > 1:
+            progress(f"{sessions} sessions at once…")
+            cpu = report.CpuMeter()
+            runs = await asyncio.gather(*(_run_all(targets[0][1], convs, gap, not url) for _ in range(sessions)))
+            load = {"sessions": sessions, "conversations": [c for r in runs for c in r], "cpu": cpu.read()}
+        page = None
+        if browser:
+            page = await _browser(stacks[0] if stacks else None, convs, progress)
+    return report.build(results, cpu_single, load, page, turns=turns, sessions=sessions, compare=compare,
+                        url=url, config=config)
+
+
+async def _run_all(url: str, convs: list[Conversation], gap: float, in_process: bool) -> list[dict]:
+    return [await run_conversation(url, c, gap_s=gap, in_process=in_process) for c in convs]
+
+
+async def _browser(stack, convs: list[Conversation], progress) -> dict:
+    """The plain-turn scenario through headless Chromium; the page measures voice-to-voice itself."""
+    import importlib.util
+
+    if stack is None:
+        raise ValueError("--browser drives an in-process server; leave out --url")
+    spec = importlib.util.spec_from_file_location("browser_call", DATA.parents[1] / "demos" / "browser_call.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not Path(mod.CHROMIUM).exists():
+        raise FileNotFoundError(f"{mod.CHROMIUM} not found; install it with `apt-get install -y chromium`")
+    clips = [DATA / s.clip for c in convs if c.kind == "dialogue" for s in c.steps][:4] or [DATA / CLIPS[0]]
+    progress(f"browser: {len(clips)} plain turn(s) through headless Chromium…")
+    result = await mod.browser_call(stack, clips, None, timeout=120.0)
+    page = result.get("page", {})
+    server = [t.get("timings_ms", {}).get("voice_to_voice") for t in (page.get("turns") or {}).values()]
+    return {"turns": len(clips), "connect_s": result.get("connect_s"),
+            "v2v_client_ms": [float(v) for v in (page.get("clientV2V") or {}).values() if v is not None],
+            "v2v_server_ms": [float(v) for v in server if v is not None]}
