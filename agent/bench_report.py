@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 
 STAGES = ["endpoint", "stt_final", "llm_ttft", "first_phrase", "tts_ttfa", "playout"]  # the server's
-CHART_STAGES = ["uplink", *STAGES, "downlink"]  # + the transport each way, measured in process
+# The chart stacks the critical path from the user's last voiced sample: what the reply waited
+# for before the LLM's first token (endpoint and STT; with a preemptive start they overlap the
+# LLM, so the server's own endpoint/stt_final figures would double-count), then the rest.
+CHART_STAGES = ["uplink", "listening", "llm_ttft", "first_phrase", "tts_ttfa", "playout", "downlink"]
 TARGETS = {"v2v_client_p50_ms": 800, "v2v_client_p95_ms": 1200, "barge_in_to_silence_p95_ms": 250,
            "self_interruptions": 0, "underruns": 0}
 
@@ -213,9 +216,11 @@ def plot(doc: dict, path: Path) -> None:
             for t in conv["turns"]:
                 m = {**((t.get("server") or {}).get("timings_ms") or {}),
                      "uplink": t.get("uplink_ms"), "downlink": t.get("downlink_ms")}
+                if m.get("voice_to_voice") is not None:
+                    m["listening"] = m["voice_to_voice"] - sum(m.get(k) or 0.0 for k in CHART_STAGES[2:6])
                 bottom = 0.0
                 for si, s in enumerate(CHART_STAGES):
-                    h = max(0.0, m.get(s) or 0.0)  # a speculative pass can make stt_final negative
+                    h = max(0.0, m.get(s) or 0.0)
                     ax.bar(x, h, bottom=bottom, color=colors[si], label=s if x == 0 else None, width=0.8)
                     bottom += h
                 if t.get("v2v_client_ms") is not None:
@@ -223,14 +228,16 @@ def plot(doc: dict, path: Path) -> None:
                 if m.get("voice_to_voice") is not None:
                     ax.plot(x, m["voice_to_voice"], "kx", label="server v2v" if x == 0 else None)
                 ticks.append(x)
-                labels.append(f"{c['label'][:10]}|{t['conversation'][0]}{'b' if t.get('barge_after_s') else ''}")
+                prefix = f"{c['label'].split('=')[-1][:8]} " if len(doc["configs"]) > 1 else ""
+                labels.append(f"{prefix}{t['conversation'][0]}{t.get('barge_after_s') or ''}")
                 x += 1
         x += 1
     ax.axhline(800, color="g", ls="--", lw=1)
     ax.axhline(1200, color="r", ls="--", lw=1)
     ax.set_xticks(ticks, labels, rotation=90, fontsize=7)
     ax.set_ylabel("ms")
-    ax.set_title("server stages per turn (stacked) and voice-to-voice (d=dialogue, b=after barge-in, e=echo)")
+    ax.set_title("per turn: where voice-to-voice goes (d dialogue, b barge-in conv. [s into the reply], e echo)",
+                 fontsize=10)
     ax.legend(fontsize=8, ncol=3)
     groups = [(c["label"], [t["v2v_client_ms"] for cv in c["conversations"] for t in cv["turns"]
                             if t.get("v2v_client_ms") is not None]) for c in doc["configs"]]
