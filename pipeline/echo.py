@@ -7,14 +7,16 @@ subtracts the predicted echo, so the VAD sees the user alone: echo never counts 
 a real interruption (which the reference cannot predict) passes through.
 
 It models the echo path as one delay and one gain (a loudspeaker-to-microphone path without room
-reverberation, or a browser that already ran its own AEC and left a residue). A residual-echo
-suppressor covers what the subtraction misses: while echo is expected, a residual more than 10 dB
-below it is muted. Before the first estimate, while the agent is audible, only a voice louder than
-the agent's own output passes.
+reverberation, or a browser that already ran its own AEC and left a residue). Subtraction alone
+is not enough after a codec and a jitter buffer, so a double-talk gate decides on energy: while echo
+is predicted, the microphone passes only when it is clearly louder than that echo (the user talking
+over it). Before the first estimate, while the agent is audible, only a voice louder than the
+agent's own output passes; if no echo path is found within `search_s`, nothing is muted.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
 
@@ -22,15 +24,18 @@ import numpy as np
 
 from pipeline.audio import STT_RATE, AudioFrame, StreamResampler
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class EchoOptions:
-    max_delay_ms: float = 400.0  # longest echo path searched (device + network buffering)
+    max_delay_ms: float = 1000.0  # longest echo path searched: device + jitter buffers + network both ways
     estimate_every_ms: float = 250.0
     window_ms: float = 1000.0  # audio used for each delay/gain estimate
     min_correlation: float = 0.7  # below this the estimate is not trusted (e.g. user talking over)
-    search_s: float = 0.6  # agent-audible time to find an echo path; none found → no echo (headset, browser AEC)
-    residual_floor: float = 0.1  # residual energy below this × the echo's is leftover echo (-10 dB)
+    search_s: float = 1.5  # agent-audible time to find an echo path (> max delay); none → no echo (headset, browser AEC)
+    double_talk_ratio: float = 0.8  # mic and residual must both reach this × the predicted echo energy
+    tolerance_ms: float = 20.0  # timing slack of the echo path (jitter buffers stretch and shrink it)
 
 
 class EchoCanceller:
@@ -40,6 +45,7 @@ class EchoCanceller:
         self.o = options or EchoOptions()
         self.rate = STT_RATE
         self._max_lag = int(self.o.max_delay_ms * self.rate / 1000)
+        self._tolerance = int(self.o.tolerance_ms * self.rate / 1000)
         keep = self._max_lag + int(self.o.window_ms * self.rate / 1000) * 2
         self._ref = np.zeros(keep, np.float32)  # ring of the last `keep` samples of played audio
         self._ref_end: int | None = None  # absolute sample index (media time × rate) of the ring's end
@@ -107,9 +113,18 @@ class EchoCanceller:
         elif self.gain > 0 and mic.size:
             echo = self.gain * self._ref_segment(start - self.delay, len(mic))
             out = mic - echo
-            e_echo = float(np.mean(echo**2))
-            if e_echo > 1e-7 and float(np.mean(out**2)) < self.o.residual_floor * e_echo:
-                out = np.zeros_like(out)  # only subtraction error is left (Silero hears even -20 dB)
+            # Double-talk gate on energy, not samples: codecs and jitter buffers bend the echo so that
+            # subtraction leaves a speech-like residue. Unless the microphone is clearly louder than
+            # the loudest echo the reference predicts around the estimated delay, it is echo alone.
+            tol = self._tolerance
+            around = self._ref_segment(start - self.delay - tol, len(mic) + 2 * tol)
+            expected = self.gain**2 * float(np.max(_block_energy(around, len(mic))))
+            # min(): a well-aligned echo leaves a small residual; a misaligned one (a jitter-buffer
+            # jump) a large residual but a microphone no louder than predicted. Only a voice over
+            # the echo raises both.
+            if expected > 1e-7 and min(float(np.mean(out**2)), float(np.mean(mic**2))) < (
+                    self.o.double_talk_ratio * expected):
+                out = np.zeros_like(out)
         return AudioFrame(out.astype(np.float32, copy=False), self.rate, frame.timestamp)
 
     def _remember_mic(self, mic: np.ndarray, start: int) -> None:
@@ -139,6 +154,7 @@ class EchoCanceller:
             return
         gain = float(np.dot(mic, aligned)) / denom
         corr = float(np.dot(mic, aligned)) / (np.sqrt(denom * float(np.dot(mic, mic))) + 1e-12)
+        log.debug("echo estimate: delay %.0f ms, gain %.3f, correlation %.2f", d / 16, gain, corr)
         if corr >= self.o.min_correlation and gain > 0:
             self.delay, self.gain, self.correlation = d, gain, corr
 
@@ -159,12 +175,14 @@ class _Track:
 
 def _restart_if_needed(track: _Track | None, frame: AudioFrame, rate: int) -> tuple[_Track, int]:
     """Return the track and the output position of this frame; restart on a rate change or a gap."""
-    gap = track is not None and abs(frame.timestamp - track.next_ts) > 0.03
+    # Frames from a network arrive with jittered receipt times: positions follow the sample count,
+    # and only a real discontinuity (a stall or a skip of half a second) re-anchors them.
+    gap = track is not None and abs(frame.timestamp - track.next_ts) > 0.5
     if track is None or track.from_rate != frame.sample_rate or gap:
         track = _Track(StreamResampler(frame.sample_rate, rate), frame.sample_rate,
                        int(round(frame.timestamp * rate)), frame.timestamp)
     start = track.pos
-    track.next_ts = frame.timestamp + len(frame.samples) / frame.sample_rate
+    track.next_ts += len(frame.samples) / frame.sample_rate
     return track, start
 
 

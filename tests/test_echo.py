@@ -63,11 +63,17 @@ def test_without_cancellation_echo_would_interrupt(agent_voice):
     assert run(agent_voice[0], -10, 80, None, 0, cancel=False) != []
 
 
+def _active_rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(x[np.abs(x) > 0.01] ** 2)))
+
+
 @pytest.mark.parametrize("delay_ms", [20, 120, 200])
 def test_user_talking_over_the_echo_is_still_heard(agent_voice, delay_ms):
+    """The user speaks 4 dB below the agent's own output level, so 6 dB above its -10 dB echo."""
     user, rate = read_audio(DATA / "goforward.wav")
     user = resample(user, rate, 16000)
     for reply in agent_voice:
+        user = user * (_active_rms(reply) * 10 ** (-4 / 20) / _active_rms(user))
         starts = run(reply, -10, delay_ms, user, user_at=1.5)
         assert len(starts) == 1 and 1.5 < starts[0] < 2.3, starts
 
