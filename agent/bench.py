@@ -9,8 +9,9 @@ or `--url`) with recorded speech from tests/data as its microphone, and measures
   (the last audible frame before half a second of silence);
 * self-interruptions: in echo conversations (the agent's received voice mixed back into the mic,
   100 ms late, at -10 dB) a `user_speaking` state while no user audio was being sent;
-* underruns: digital-silence gaps (the server's output track plays zeros when it starves) inside a
-  reply, plus what the server's turn metrics count.
+* underruns: frames the server's output had nothing to play mid-reply (its playout ledger), and at
+  the client, silence gaps — which also include the voice's own pauses (Piper's are near-digital
+  silence), so the client figure is an upper bound.
 
 The server's per-stage breakdown (`timings_ms` of each turn event) is kept beside each turn.
 Scenarios alternate between configurations (`--compare`) conversation by conversation, ABBA, so
@@ -279,6 +280,7 @@ def analyse(call: AgentCall, mic: BenchMic, conv: Conversation, in_process: bool
             rec["server"] = {k: server[k] for k in ("index", "user_text", "agent_text", "heard_text",
                                                       "interrupted", "preemptive", "error", "timings_ms")}
             rec["server"]["tts_underruns"] = server.get("tts", {}).get("underruns", 0)
+            rec["server"]["playout_underruns"] = server.get("tts", {}).get("playout_underrun_frames", 0)
             rec["server"]["media_times"] = server.get("media_times")  # same clock as ours when in-process
             rec["voiced_end"] = ve
             mt = server.get("media_times") or {}

@@ -120,6 +120,7 @@ def summarize(conversations: list[dict]) -> dict:
         "underruns_client": sum(t.get("client_underruns", 0) for t in turns),
         "underrun_ms_client": stats(t.get("client_underrun_ms") for t in turns if t.get("client_underruns")),
         "underruns_server_tts": sum((m.get("tts_underruns") or 0) for m in server),
+        "underruns_server_playout": sum((m.get("playout_underruns") or 0) for m in server),
         "errors": [m["error"] for m in server if m.get("error")],
         "connect_ms": stats(c["connect_ms"] for c in conversations),
     }
@@ -133,7 +134,8 @@ def verdict(s: dict) -> dict:
         "v2v_client_p95_ms": v2v["p95"] is not None and v2v["p95"] <= TARGETS["v2v_client_p95_ms"],
         "barge_in_to_silence_p95_ms": b2s["p95"] is not None and b2s["p95"] <= TARGETS["barge_in_to_silence_p95_ms"],
         "self_interruptions": s["echo_turns"] > 0 and s["self_interruptions"] == 0,
-        "underruns": s["underruns_client"] == 0 and s["underruns_server_tts"] == 0,
+        # the client's gaps include the voice's own pauses: the server's ledger decides
+        "underruns": s["underruns_server_playout"] == 0 and s["underruns_server_tts"] == 0,
     }
     medians = {k: v["p50"] for k, v in s["stages_ms"].items() if v["p50"] is not None}
     worst = max(medians, key=medians.get) if medians else None
@@ -185,7 +187,8 @@ def summary_lines(doc: dict) -> list[str]:
                   f"  barge-in → silence, client: {f(s['barge_in_to_silence_client_ms'])}; detected "
                   f"{s['barge_ins_detected']}/{s['barge_ins_while_speaking']}",
                   f"  self-interruptions: {s['self_interruptions']} ({s['echo_turns']} echo turns); underruns: "
-                  f"client {s['underruns_client']}, server {s['underruns_server_tts']}",
+                  f"server playout {s['underruns_server_playout']} frames, TTS {s['underruns_server_tts']}; "
+                  f"client silence gaps {s['underruns_client']} (include the voice's own pauses)",
                   "  stage medians: " + ", ".join(f"{k} {d['p50']}" for k, d in s["stages_ms"].items()),
                   f"  targets met: {v['met']}" + (f"; held back by {v['held_back_by']}" if "held_back_by" in v else "")]
     if "load" in doc:

@@ -314,6 +314,7 @@ class TurnManager:
         m.llm_request_at = m.llm_first_token_at = m.first_phrase_at = m.tts_first_chunk_at = None
         phrases: asyncio.Queue[str | None] = asyncio.Queue()
         generated: list[str] = []
+        underruns_before = self.playout.underruns
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._think(m, messages, phrases, generated))
@@ -328,6 +329,7 @@ class TurnManager:
             m.agent_stopped_at = self.playout.stopped_at(rid)
             if self.tts.last_metrics is not None and self.tts.last_metrics.request_id == rid:
                 m.tts = {**self.tts.last_metrics.as_dict(), **m.tts}
+            m.tts["playout_underrun_frames"] = self.playout.underruns - underruns_before  # output starved
             self.conversation.add_agent(m.heard_text, m.interrupted or _cancelled())
             self.playout.forget(rid)
             self.on_event({"type": "turn", "metrics": m.as_dict()})

@@ -36,7 +36,8 @@ def test_compare_values_are_typed_and_aliases_resolve():
 
 def test_verdict_names_the_largest_stage_when_a_target_is_missed():
     s = {"v2v_client_ms": stats([900, 1000, 1300]), "barge_in_to_silence_client_ms": stats([100, 200]),
-         "echo_turns": 2, "self_interruptions": 0, "underruns_client": 0, "underruns_server_tts": 0,
+         "echo_turns": 2, "self_interruptions": 0, "underruns_client": 3, "underruns_server_tts": 0,
+         "underruns_server_playout": 0,
          "stages_ms": {"endpoint": stats([500, 510]), "llm_ttft": stats([300, 320]), "uplink": stats([50])}}
     v = verdict(s)
     assert v["met"]["v2v_client_p50_ms"] is False and v["met"]["barge_in_to_silence_p95_ms"] is True

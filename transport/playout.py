@@ -55,6 +55,9 @@ class Playout:
         self._space.set()
         self.underruns = 0
         self._last_rid: str | None = None
+        # Set by an edge whose consumer paces itself and pulls frames (aiortc's recv): then `pull`
+        # releases frames and `run` only waits, so there is one pacer, not two drifting apart.
+        self.paced_by_consumer = False
 
     # --- producer side -------------------------------------------------------------------------
     async def play(self, chunk: AudioChunk) -> None:
@@ -133,8 +136,17 @@ class Playout:
         return self._queued / self.sample_rate
 
     # --- consumer side -------------------------------------------------------------------------
+    def pull(self) -> AudioFrame:
+        """The next frame, for a consumer that paces itself; the sink sees it too (sync sinks only)."""
+        t = self.clock.now()
+        frame = AudioFrame(self._next_frame(t), self.sample_rate, t)
+        self.sink(frame)
+        return frame
+
     async def run(self) -> None:
         """Release one frame every frame period on the clock, silence when there is nothing to play."""
+        if self.paced_by_consumer:
+            await asyncio.Event().wait()  # `pull` does the work for as long as the session lives
         t = self.clock.now()
         while True:
             await self.clock.sleep_until(t)

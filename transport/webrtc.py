@@ -84,6 +84,7 @@ class AgentAudioTrack(MediaStreamTrack):
         self._start: float | None = None
         self._pts = 0
         self.dropped = 0  # frames dropped because the queue was full (the loop stalled)
+        self._source: Callable[[], AudioFrame] | None = None
         self.sent_voiced_at: float | None = None  # wall time of the first non-silent frame sent
 
     def push(self, frame: AudioFrame) -> None:
@@ -101,6 +102,11 @@ class AgentAudioTrack(MediaStreamTrack):
     def clear(self) -> None:
         self._frames.clear()
 
+    def attach(self, source: Callable[[], AudioFrame]) -> None:
+        """Pull frames from `source` (a `Playout.pull`) at send time instead of a pushed queue: one
+        pacer (this track, on the wall clock), so no drift between two, and a flush is heard at once."""
+        self._source = source
+
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
@@ -112,7 +118,12 @@ class AgentAudioTrack(MediaStreamTrack):
             await asyncio.sleep(delay)
         elif delay < -0.5:  # far behind (loop stalled): re-anchor rather than burst
             self._start = time.monotonic() - self._pts / OUT_RATE
-        if not self._frames:
+        if self._source is not None:
+            frame = self._source()
+            if frame.sample_rate != OUT_RATE:
+                raise ValueError(f"AgentAudioTrack needs {OUT_RATE} Hz frames, got {frame.sample_rate} Hz")
+            self._frames.append(np.clip(frame.samples * 32768.0, -32768, 32767).astype(np.int16))
+        elif not self._frames:
             # Playout runs on the same clock, slightly out of phase: give its next frame a moment
             self._arrived.clear()
             try:
@@ -298,8 +309,10 @@ class PeerSession:
         self._session_task = self._spawn(self._run_session(track), "session")
 
     async def _run_session(self, track: MediaStreamTrack) -> None:
-        session = self.stack.new_session(self.clock, self.out_track.push, output_rate=OUT_RATE,
+        session = self.stack.new_session(self.clock, lambda frame: None, output_rate=OUT_RATE,
                                          on_event=self._on_agent_event)
+        session.playout.paced_by_consumer = True  # this track's recv() paces and pulls
+        self.out_track.attach(session.playout.pull)
         heard = self._spawn(self._heard_text_loop(session), "heard")
 
         async def frames() -> AsyncIterator[AudioFrame]:
