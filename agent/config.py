@@ -35,7 +35,10 @@ class TTSOptions:
 
 @dataclass
 class EmbeddedLLMOptions:
-    threads: int = 1  # on 2 cores: one decodes, one is left to audio, STT and TTS
+    # Both cores: measured with `rejoinder bench --compare embedded_llm.threads=1,2` on 2 cores,
+    # first token 280 vs 460 ms and server voice-to-voice p50 830 vs 1030 ms, with no underruns;
+    # STT and TTS passes are short and interleave with decoding.
+    threads: int = 2
     n_ctx: int = 4096
 
 
