@@ -39,7 +39,6 @@ from agent import bench_report as report
 from agent.config import AgentConfig, _set, load_config
 from pipeline.audio import read_audio, resample
 from transport.client import AgentCall
-from transport.webrtc import frame_to_mono
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 CLIPS = ["librivox-0880.wav", "goforward.wav", "librivox-0920.wav", "cards/005.wav", "librivox-0870.wav"]
@@ -139,17 +138,11 @@ class BenchCall(AgentCall):
         super().__init__(mic)
         self.mic = mic
 
-    async def _read(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            now, mono = time.monotonic(), frame_to_mono(frame)
-            if frame.sample_rate != RATE:
-                mono = resample(mono, frame.sample_rate, RATE)
-            self.audio.append((now, mono, RATE))
-            self.mic.heard(now, mono)
+    def _received(self, at: float, mono: np.ndarray, rate: int) -> None:
+        if rate != RATE:
+            mono = resample(mono, rate, RATE)
+        self.audio.append((at, mono, RATE))
+        self.mic.heard(at, mono)
 
 
 # --- scenarios ----------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ runs longer than `backchannel_max_ms` cuts in while the user is still talking.""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from agent.turns import State, TurnOptions, is_backchannel

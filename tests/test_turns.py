@@ -150,7 +150,7 @@ async def _pause_then(rig: Rig, resume: bool) -> float:
 async def test_preemptive_reply_starts_at_the_pause_and_is_adopted_at_the_endpoint():
     async with Rig(["hello there"], ["Hi! Nice to hear you."]) as rig:
         rig.llm.ttft_s = 0.3
-        last = await _pause_then(rig, resume=False)
+        await _pause_then(rig, resume=False)
         await rig.turns.wait_reply()
     (m,) = rig.turns.turns
     assert m.preemptive and m.heard_text == "Hi! Nice to hear you."

@@ -167,4 +167,8 @@ class AgentCall:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            self.audio.append((time.monotonic(), frame_to_mono(frame), frame.sample_rate))
+            self._received(time.monotonic(), frame_to_mono(frame), frame.sample_rate)
+
+    def _received(self, at: float, mono: np.ndarray, rate: int) -> None:
+        """One frame of the agent's voice arrived (a subclass may also listen to it)."""
+        self.audio.append((at, mono, rate))

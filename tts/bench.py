@@ -15,7 +15,6 @@ import os
 import platform
 import random
 import signal
-import statistics
 import time
 from typing import Callable
 
