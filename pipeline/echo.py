@@ -35,6 +35,8 @@ class EchoOptions:
     min_correlation: float = 0.7  # below this the estimate is not trusted (e.g. user talking over)
     search_s: float = 1.5  # agent-audible time to find an echo path (> max delay); none → no echo (headset, browser AEC)
     double_talk_ratio: float = 0.8  # mic and residual must both reach this × the predicted echo energy
+    unknown_ratio: float = 2.0  # the same, where the reference for the echo is not known yet (+3 dB)
+    lookahead_ms: float = 40.0  # microphone held back so the played reference is in (adds this latency)
     tolerance_ms: float = 20.0  # timing slack of the echo path (jitter buffers stretch and shrink it)
 
 
@@ -46,6 +48,8 @@ class EchoCanceller:
         self.rate = STT_RATE
         self._max_lag = int(self.o.max_delay_ms * self.rate / 1000)
         self._tolerance = int(self.o.tolerance_ms * self.rate / 1000)
+        self._lookahead = int(self.o.lookahead_ms * self.rate / 1000)
+        self._held: deque[tuple[np.ndarray, int, float]] = deque()
         keep = self._max_lag + int(self.o.window_ms * self.rate / 1000) * 2
         self._ref = np.zeros(keep, np.float32)  # ring of the last `keep` samples of played audio
         self._ref_end: int | None = None  # absolute sample index (media time × rate) of the ring's end
@@ -92,10 +96,22 @@ class EchoCanceller:
 
     # --- microphone ----------------------------------------------------------------------------
     def process(self, frame: AudioFrame) -> AudioFrame:
-        """Return the microphone frame at 16 kHz with the predicted echo removed."""
+        """Return the microphone at 16 kHz with the predicted echo removed, `lookahead_ms` late.
+
+        The lookahead lets the reference catch up: a short echo path (20 ms) can otherwise outrun
+        the playout's next frame and the resampler's few ms, and the echo's onset slips through.
+        """
         self._mic_rs, start = _restart_if_needed(self._mic_rs, frame, self.rate)
         mic = self._mic_rs.resampler(frame.samples)
         self._mic_rs.pos += len(mic)
+        self._held.append((mic, start, frame.timestamp))
+        held = sum(len(m) for m, _, _ in self._held)
+        if held - len(self._held[0][0]) < self._lookahead:
+            return AudioFrame(np.zeros(0, np.float32), self.rate, frame.timestamp)
+        mic, start, timestamp = self._held.popleft()
+        return self._cancel(mic, start, timestamp)
+
+    def _cancel(self, mic: np.ndarray, start: int, timestamp: float) -> AudioFrame:
         self._remember_mic(mic, start)
         self._since_estimate += len(mic)
         if self._since_estimate >= self.o.estimate_every_ms * self.rate / 1000:
@@ -122,10 +138,17 @@ class EchoCanceller:
             # min(): a well-aligned echo leaves a small residual; a misaligned one (a jitter-buffer
             # jump) a large residual but a microphone no louder than predicted. Only a voice over
             # the echo raises both.
-            if expected > 1e-7 and min(float(np.mean(out**2)), float(np.mean(mic**2))) < (
+            known = self._ref_end is not None and start - self.delay + len(mic) <= self._ref_end
+            if not known:
+                # a short echo path can outrun the reference (the playout's next frame, or the
+                # resampler's few ms, is not in yet): nothing to subtract, so only a voice clearly
+                # louder than the latest echo passes
+                if expected > 1e-7 and float(np.mean(mic**2)) < self.o.unknown_ratio * expected:
+                    out = np.zeros_like(out)
+            elif expected > 1e-7 and min(float(np.mean(out**2)), float(np.mean(mic**2))) < (
                     self.o.double_talk_ratio * expected):
                 out = np.zeros_like(out)
-        return AudioFrame(out.astype(np.float32, copy=False), self.rate, frame.timestamp)
+        return AudioFrame(out.astype(np.float32, copy=False), self.rate, timestamp)
 
     def _remember_mic(self, mic: np.ndarray, start: int) -> None:
         self._mic_hist.append(mic)
