@@ -37,6 +37,7 @@ async def test_whole_reply_is_played_in_order_and_heard(playing):
         await playout.play(chunk("r1", i, 0.2, text))
     await playout.play(AudioChunk("r1", "v", 3, 0.6, np.zeros(0, np.float32), RATE, "", final=True))
     await asyncio.wait_for(playout.drain("r1"), 5)
+    assert playout.playing_request == "r1"
     assert playout.heard_text("r1") == "one two three four five six"
     first = playout.first_played_at("r1")
     assert first is not None and 0 <= first - t0 < 0.05

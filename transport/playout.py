@@ -128,6 +128,11 @@ class Playout:
                 words += w[: round(len(w) * played / total)]
         return " ".join(words)
 
+    @property
+    def playing_request(self) -> str | None:
+        """Id of the request whose audio was played last (the reply the user is hearing)."""
+        return self._last_rid
+
     def forget(self, request_id: str) -> None:
         self._requests.pop(request_id, None)
 

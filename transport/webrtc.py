@@ -225,8 +225,6 @@ class PeerSession:
         self._tasks: set[asyncio.Task] = set()
         self._session_task: asyncio.Task | None = None
         self._closing = False
-        self._heard_rid: str | None = None
-        self._heard_sent = ""
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_state)
@@ -255,7 +253,6 @@ class PeerSession:
             m = event["metrics"]
             m["client_v2v_ms"] = self.client_v2v.get(m["index"])  # usually measured before the reply ends
             self.turns[m["index"]] = m
-            self._heard_rid = None
             log.info("%s: turn %d voice-to-voice: server %s ms, client %s ms", self.name, m["index"],
                      m["timings_ms"].get("voice_to_voice"), m["client_v2v_ms"])
         self.send(event)
@@ -338,22 +335,14 @@ class PeerSession:
         playout = getattr(session, "playout", None)
         if playout is None:
             return
-        play = playout.play
-
-        async def tracking_play(chunk):  # learn the id of the reply being spoken
-            if chunk.request_id != self._heard_rid:
-                self._heard_rid, self._heard_sent = chunk.request_id, ""
-            await play(chunk)
-
-        playout.play = tracking_play
+        rid, sent = None, ""
         while True:
             await asyncio.sleep(0.15)
-            rid = self._heard_rid
-            if rid is None:
-                continue
-            text = playout.heard_text(rid)
-            if text and text != self._heard_sent:
-                self._heard_sent = text
+            if playout.playing_request != rid:
+                rid, sent = playout.playing_request, ""
+            text = playout.heard_text(rid) if rid is not None else ""
+            if text and text != sent:
+                sent = text
                 self.send({"type": "agent_heard", "text": text})
 
     # --- lifetime --------------------------------------------------------------------------------
