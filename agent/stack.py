@@ -92,8 +92,7 @@ async def load_stack(config: AgentConfig, progress: Callable[[str], None] = lamb
         else:
             url = config.llm.base_url
         llm = OpenAICompatibleLLM(config.llm, base_url=url)
-        if hasattr(llm, "aclose"):
-            stack.push_async_callback(llm.aclose)
+        stack.push_async_callback(llm.aclose)
         await llm.check()
         times["llm_s"] = time.perf_counter() - t
         progress("ready.")

@@ -112,7 +112,7 @@ class TurnManager:
         options: TurnOptions | None = None,
         on_event: Callable[[dict], None] | None = None,
     ) -> None:
-        self.stt, self.llm, self.tts, self.playout, self.clock = stt, llm, tts, playout, clock
+        self.llm, self.tts, self.playout, self.clock = llm, tts, playout, clock
         # interim transcripts while the user speaks, and a final started speculatively at the first
         # silence (stt/transcriber.py); a bare engine gets a transcriber with the default options
         self.transcriber = stt if isinstance(stt, StreamingTranscriber) else StreamingTranscriber(stt, clock)
