@@ -178,8 +178,17 @@ class EchoCanceller:
         gain = float(np.dot(mic, aligned)) / denom
         corr = float(np.dot(mic, aligned)) / (np.sqrt(denom * float(np.dot(mic, mic))) + 1e-12)
         log.debug("echo estimate: delay %.0f ms, gain %.3f, correlation %.2f", d / 16, gain, corr)
-        if corr >= self.o.min_correlation and gain > 0:
-            self.delay, self.gain, self.correlation = d, gain, corr
+        if corr < self.o.min_correlation or gain <= 0:
+            return
+        if self.delay is not None and d != self.delay:
+            # A window that holds little echo (the onset of a reply, mostly silence before it) can
+            # peak at a nearby wrong lag; a wrong path lets echo through the gate. The new path
+            # replaces the known one only if it explains this window's microphone better.
+            known = ref[self._max_lag - self.delay : self._max_lag - self.delay + n]
+            if float(np.mean((mic - gain * aligned) ** 2)) >= float(np.mean((mic - self.gain * known) ** 2)):
+                log.debug("echo estimate rejected: the known path (%.0f ms) explains the mic better", self.delay / 16)
+                return
+        self.delay, self.gain, self.correlation = d, gain, corr
 
 
 @dataclass

@@ -85,3 +85,30 @@ def test_without_an_echo_path_the_user_is_heard_over_the_agent(agent_voice):
     for reply in agent_voice:
         starts = run(reply, None, 0, user, user_at=1.5)
         assert len(starts) == 1 and 1.5 < starts[0] < 2.3, starts
+
+
+def test_a_window_with_little_echo_does_not_replace_a_known_path():
+    """Regression (caught in turns-bench): at the onset of a reply the estimate window is mostly
+    silence, and a voiced, rising onset correlates best one pitch period early, at a lower gain.
+    Adopting that wrong path let the echo through the gate: the agent interrupted itself."""
+    rate, period = 16000, 160  # a 100 Hz "voice": ambiguous lags every 10 ms
+    rng = np.random.default_rng(0)
+    t = np.arange(rate // 2)
+
+    def voiced(n: int, rising: bool) -> np.ndarray:
+        pulses = (np.arange(n) % period == 0).astype(np.float32)
+        x = np.convolve(pulses, np.hanning(40), "same") + 0.01 * rng.standard_normal(n)
+        return (x * (np.linspace(0.05, 1, n) if rising else 1.0)).astype(np.float32)
+
+    canceller = EchoCanceller()
+    delay, gain = int(0.08 * rate), 10 ** (-10 / 20)
+    # the known path: a reply, then silence; then the onset of the next reply (rising, voiced)
+    ref = np.concatenate([voiced(rate, False), np.zeros(rate, np.float32), voiced(len(t), True)])
+    mic = np.zeros(len(ref) + delay, np.float32)
+    mic[delay:] = gain * ref
+    for out, inp in zip(frames_from_array(ref, rate), frames_from_array(mic[: len(ref)], rate)):
+        canceller.played(out)
+        canceller.process(inp)
+        if canceller.delay is not None:
+            assert abs(canceller.delay - delay) <= 16, f"adopted a wrong echo path: {canceller.delay / 16} ms"
+    assert canceller.delay is not None and abs(canceller.gain - gain) < 0.05
