@@ -84,6 +84,9 @@ async def converse(
     summary = _summary(metrics, underruns, cache, notes, fast, config)
     summary["self_interruptions"] = self_interruptions
     summary["timeline_start"] = recorder.t0  # media time of the output WAV's first sample
+    # the script's ground truth: when each user turn's words began, and which ones cut in
+    summary["user_speech_onsets"] = mic.speech_onsets
+    summary["user_interrupting"] = mic.interrupting
     if echo is not None:
         summary["echo"] = {"db": echo_db, "delay_ms": echo_delay_ms}
     return {"turns": metrics, "summary": summary}

@@ -27,7 +27,7 @@ from agent.context import Conversation
 from agent.llm import LLMError
 from pipeline.clock import Clock
 from pipeline.events import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted, Transcript, TurnMetrics, VADEvent
-from stt.transcriber import AudioSource, StreamingTranscriber
+from stt.transcriber import AudioSource, StreamingTranscriber, TranscriberOptions
 from transport.playout import Playout
 from tts.stream import StreamingTTS
 from tts.text import PhraseSplitter
@@ -60,7 +60,7 @@ class TurnOptions:
 
     barge_in: bool = True
     barge_in_min_speech_ms: int = 150  # shorter noises (a click, a tap) do not interrupt
-    preemptive: bool = True  # start thinking and speaking (held) at the first silence
+    preemptive: bool = True  # at the first silence, start the final transcript and the reply (held)
     # Backchannels ("mm-hm", "yeah", "okay") during a reply: with this on, user speech during a
     # reply is judged at its end; a backchannel lets the agent talk on, anything else (or speech
     # longer than backchannel_max_ms) interrupts, timed from its onset. Off: interrupt at once.
@@ -113,12 +113,13 @@ class TurnManager:
         on_event: Callable[[dict], None] | None = None,
     ) -> None:
         self.llm, self.tts, self.playout, self.clock = llm, tts, playout, clock
-        # interim transcripts while the user speaks, and a final started speculatively at the first
-        # silence (stt/transcriber.py); a bare engine gets a transcriber with the default options
-        self.transcriber = stt if isinstance(stt, StreamingTranscriber) else StreamingTranscriber(stt, clock)
+        self.options = options or TurnOptions()
+        # interim transcripts while the user speaks, and (preemptive) a final started speculatively
+        # at the first silence (stt/transcriber.py); a bare engine gets a transcriber here
+        self.transcriber = stt if isinstance(stt, StreamingTranscriber) else StreamingTranscriber(
+            stt, clock, TranscriberOptions(speculative=self.options.preemptive))
         self.transcriber.on_transcript = self._interim
         self.conversation = conversation
-        self.options = options or TurnOptions()
         self.on_event = on_event or (lambda e: None)
         self.state = State.LISTENING
         self.turns: list[TurnMetrics] = []

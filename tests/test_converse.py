@@ -60,6 +60,30 @@ async def test_spoken_conversation_from_a_recording(tmp_path):
     assert len(said & got) >= 0.6 * len(said), (turn["heard_text"], heard)
 
 
+async def test_barge_in_over_the_agents_own_echo_on_the_real_stack():
+    """The turn-taking scenario on the real stack: the agent's voice leaks back at -10 dB, 80 ms
+    late, and each next user turn cuts in 0.7 s into the reply. Every cut-in that lands while the
+    agent is audible silences it; the echo alone never does; history keeps only what was heard."""
+    clips = [DATA / "librivox-0880.wav", DATA / "goforward.wav", DATA / "cards" / "001.wav"]
+    doc = await converse(load_config(), clips, None, fast=True, echo_db=-10, echo_delay_ms=80,
+                         interrupt_after_s=0.7)
+    s = doc["summary"]
+    assert s["self_interruptions"] == 0, doc["turns"]
+    assert s["user_interrupting"] == [False, True, True]
+    for onset in s["user_speech_onsets"][1:]:
+        reply = max((t for t in doc["turns"] if t["media_times"]["first_audio_played"] is not None
+                     and t["media_times"]["first_audio_played"] <= onset),
+                    key=lambda t: t["media_times"]["first_audio_played"])
+        if reply["media_times"]["agent_stopped"] - onset < 0.3 and not reply["interrupted"]:
+            continue  # the reply ended by itself as the user began: nothing to cut
+        assert reply["interrupted"], reply
+        mt = reply["media_times"]
+        assert onset <= mt["agent_stopped"] < onset + 0.6, "the agent talked on over the user"
+        assert 0 < reply["timings_ms"]["barge_in_to_silence"] < 500
+        heard, said = reply["heard_text"].split(), reply["agent_text"].split()
+        assert heard and len(heard) < len(said) and said[: len(heard) - 1] == heard[:-1], reply
+
+
 @pytest.fixture
 async def failing_llm():
     """An OpenAI-compatible endpoint that lists models but fails every chat request."""

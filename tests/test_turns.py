@@ -161,6 +161,18 @@ async def test_preemptive_reply_starts_at_the_pause_and_is_adopted_at_the_endpoi
     assert [x.role for x in rig.turns.conversation.messages] == ["user", "assistant"]
 
 
+async def test_without_preemption_nothing_starts_before_the_endpoint():
+    """`preemptive = false`: neither the final transcript nor the LLM runs at the first silence."""
+    async with Rig(["hello there"], ["Hi! Nice to hear you."], TurnOptions(preemptive=False)) as rig:
+        rig.llm.ttft_s = 0.3
+        await _pause_then(rig, resume=False)
+        await rig.turns.wait_reply()
+    (m,) = rig.turns.turns
+    assert not m.preemptive and rig.turns.transcriber.passes["speculative"] == 0
+    assert m.stt_final_at >= m.endpoint_at and m.llm_request_at >= m.endpoint_at
+    assert m.first_audio_played_at >= m.endpoint_at + 0.3
+
+
 async def test_preemptive_reply_is_discarded_unheard_when_the_user_resumes():
     async with Rig(["first part", "first part and the rest"], ["Wrong early answer.", "Right answer."]) as rig:
         before = asyncio.all_tasks()

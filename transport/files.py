@@ -45,6 +45,8 @@ class ScriptedMicrophone:
         self.echo = echo
         self.turn_starts: list[float] = []
         self.user_spans: list[tuple[float, float]] = []  # media times the user's audio was playing
+        self.speech_onsets: list[float] = []  # media time each turn's speech begins (not its file)
+        self.interrupting: list[bool] = []  # whether each turn was started over the agent's reply
 
     async def frames(self) -> AsyncIterator[AudioFrame]:
         t = self.clock.now()
@@ -61,17 +63,28 @@ class ScriptedMicrophone:
 
         async for f in emit(np.zeros(int(self.lead_in_s * rate), np.float32), rate):
             yield f
+        interrupting = False
         for i, (audio, rate) in enumerate(self.turns):
             step = rate * FRAME_MS // 1000
             silence = np.zeros(step, np.float32)
+            onset = speech_onset(audio, rate)
+            if interrupting:
+                # a user cutting in starts talking at once: the clip's leading silence (or breath)
+                # would otherwise land the words late, after a short reply had already ended
+                lead = max(0, onset - rate * FRAME_MS // 1000)
+                audio, onset = audio[lead:], onset - lead
             self.turn_starts.append(t)
+            self.speech_onsets.append(t + onset / rate)
+            self.interrupting.append(interrupting)
             async for f in emit(audio, rate):
                 yield f
             self.user_spans.append((self.turn_starts[-1], t))
             last = i == len(self.turns) - 1
             waited = 0.0
+            interrupting = False
             while waited < self.min_tail_s or (not self.is_idle() and waited < self.max_wait_s):
                 if not last and self._time_to_interrupt(t):
+                    interrupting = True
                     break
                 async for f in emit(silence, rate):
                     yield f
@@ -87,6 +100,19 @@ class ScriptedMicrophone:
             return False
         since = self.speaking_since()
         return since is not None and t >= since + self.interrupt_after_s
+
+
+def speech_onset(audio: np.ndarray, rate: int) -> int:
+    """Sample index where speech begins: the first 50 ms whose 10 ms frames are all within 20 dB of
+    the clip's loud frames (a click or a breath before the words does not count)."""
+    f = max(1, rate // 100)
+    n = len(audio) // f
+    if n < 5:
+        return 0
+    energy = np.mean(audio[: n * f].reshape(n, f).astype(np.float64) ** 2, axis=1)
+    loud = energy > np.percentile(energy, 90) * 0.01
+    run = np.lib.stride_tricks.sliding_window_view(loud, 5).all(axis=1)
+    return int(np.argmax(run)) * f if run.any() else 0
 
 
 class TimelineRecorder:
