@@ -59,7 +59,7 @@ class TurnOptions:
     so the agent falls silent fast; the echo canceller keeps its own voice out of this)."""
 
     barge_in: bool = True
-    barge_in_min_speech_ms: int = 150  # shorter noises (a click, a tap) do not interrupt
+    barge_in_min_speech_ms: int = 128  # 4 VAD windows; shorter noises (a click, a tap) do not interrupt
     preemptive: bool = True  # at the first silence, start the final transcript and the reply (held)
     # Backchannels ("mm-hm", "yeah", "okay") during a reply: with this on, user speech during a
     # reply is judged at its end; a backchannel lets the agent talk on, anything else (or speech

@@ -31,12 +31,14 @@ log = logging.getLogger(__name__)
 class EchoOptions:
     max_delay_ms: float = 1000.0  # longest echo path searched: device + jitter buffers + network both ways
     estimate_every_ms: float = 250.0
+    search_every_ms: float = 60.0  # the same while no path is known: the user may cut in any moment
     window_ms: float = 1000.0  # audio used for each delay/gain estimate
     min_correlation: float = 0.7  # below this the estimate is not trusted (e.g. user talking over)
+    min_echo_ms: float = 300.0  # voiced reference an estimate needs in its window (less: a wrong lag wins)
     search_s: float = 1.5  # agent-audible time to find an echo path (> max delay); none → no echo (headset, browser AEC)
     double_talk_ratio: float = 0.8  # mic and residual must both reach this × the predicted echo energy
     unknown_ratio: float = 2.0  # the same, where the reference for the echo is not known yet (+3 dB)
-    lookahead_ms: float = 40.0  # microphone held back so the played reference is in (adds this latency)
+    lookahead_ms: float = 40.0  # longest the microphone is held for the played reference to come in
     tolerance_ms: float = 20.0  # timing slack of the echo path (jitter buffers stretch and shrink it)
 
 
@@ -50,6 +52,7 @@ class EchoCanceller:
         self._tolerance = int(self.o.tolerance_ms * self.rate / 1000)
         self._lookahead = int(self.o.lookahead_ms * self.rate / 1000)
         self._held: deque[tuple[np.ndarray, int, float]] = deque()
+        self._held_samples = 0
         keep = self._max_lag + int(self.o.window_ms * self.rate / 1000) * 2
         self._ref = np.zeros(keep, np.float32)  # ring of the last `keep` samples of played audio
         self._ref_end: int | None = None  # absolute sample index (media time × rate) of the ring's end
@@ -96,25 +99,43 @@ class EchoCanceller:
 
     # --- microphone ----------------------------------------------------------------------------
     def process(self, frame: AudioFrame) -> AudioFrame:
-        """Return the microphone at 16 kHz with the predicted echo removed, `lookahead_ms` late.
+        """Return the microphone at 16 kHz with the predicted echo removed, as soon as the played
+        reference covers it (at most `lookahead_ms` late; may return several frames, or none).
 
-        The lookahead lets the reference catch up: a short echo path (20 ms) can otherwise outrun
-        the playout's next frame and the resampler's few ms, and the echo's onset slips through.
+        A short echo path (20 ms) can outrun the playout's next frame and the resampler's few ms:
+        judged before its reference is in, the echo's onset would slip through. A long path (a
+        network, a browser) never waits: its reference is in long before its echo comes back.
         """
         self._mic_rs, start = _restart_if_needed(self._mic_rs, frame, self.rate)
         mic = self._mic_rs.resampler(frame.samples)
         self._mic_rs.pos += len(mic)
         self._held.append((mic, start, frame.timestamp))
-        held = sum(len(m) for m, _, _ in self._held)
-        if held - len(self._held[0][0]) < self._lookahead:
-            return AudioFrame(np.zeros(0, np.float32), self.rate, frame.timestamp)
-        mic, start, timestamp = self._held.popleft()
-        return self._cancel(mic, start, timestamp)
+        self._held_samples += len(mic)
+        out: list[AudioFrame] = []
+        while self._held:
+            mic, start, timestamp = self._held[0]
+            if self._held_samples - len(mic) < self._lookahead and not self._reference_covers(start + len(mic)):
+                break
+            self._held.popleft()
+            self._held_samples -= len(mic)
+            out.append(self._cancel(mic, start, timestamp))
+        if len(out) == 1:
+            return out[0]
+        samples = np.concatenate([f.samples for f in out]) if out else np.zeros(0, np.float32)
+        return AudioFrame(samples, self.rate, out[0].timestamp if out else frame.timestamp)
+
+    def _reference_covers(self, end: int) -> bool:
+        """The reference is in for the echo that mic audio ending at `end` holds: up to `end - delay`
+        on a known path; up to `end` while none is known."""
+        if self._ref_end is None:
+            return False
+        return self._ref_end >= end - (self.delay if self.delay is not None and self.gain > 0 else 0)
 
     def _cancel(self, mic: np.ndarray, start: int, timestamp: float) -> AudioFrame:
         self._remember_mic(mic, start)
         self._since_estimate += len(mic)
-        if self._since_estimate >= self.o.estimate_every_ms * self.rate / 1000:
+        every = self.o.estimate_every_ms if self.delay is not None else self.o.search_every_ms
+        if self._since_estimate >= every * self.rate / 1000:
             self._since_estimate = 0
             self._estimate()
         out = mic
@@ -134,7 +155,9 @@ class EchoCanceller:
             # the loudest echo the reference predicts around the estimated delay, it is echo alone.
             tol = self._tolerance
             around = self._ref_segment(start - self.delay - tol, len(mic) + 2 * tol)
-            expected = self.gain**2 * float(np.max(_block_energy(around, len(mic))))
+            # the gain that explains the window's whole energy (LS gain / correlation): an estimate
+            # from a window that held little echo is low, and a low gain lets echo through
+            expected = (self.gain / self.correlation) ** 2 * float(np.max(_block_energy(around, len(mic))))
             # min(): a well-aligned echo leaves a small residual; a misaligned one (a jitter-buffer
             # jump) a large residual but a microphone no louder than predicted. Only a voice over
             # the echo raises both.
@@ -161,9 +184,14 @@ class EchoCanceller:
         """Delay by cross-correlation of the last window of mic against the reference, gain by LS."""
         if self._mic_end is None or self._ref_end is None:
             return
-        mic = np.concatenate(self._mic_hist)
+        window = np.concatenate(self._mic_hist)
+        start = self._mic_end - len(window)
+        # only microphone audio whose reference is in at every lag: a missing tail of the reference
+        # (played late) would read as "no echo there" and pull the gain down
+        mic = window[: max(0, min(len(window), self._ref_end - start))]
         n = len(mic)
-        start = self._mic_end - n
+        if n < self.rate // 4:
+            return
         ref = self._ref_segment(start - self._max_lag, n + self._max_lag)
         if float(np.mean(ref**2)) < 1e-6 or float(np.mean(mic**2)) < 1e-8:
             return  # agent silent or mic silent: nothing to learn from
@@ -175,6 +203,8 @@ class EchoCanceller:
         denom = float(np.dot(aligned, aligned))
         if denom <= 0:
             return
+        if np.count_nonzero(_block_energy(aligned, self.rate // 50) > 1e-4) < self.o.min_echo_ms / 20:
+            return  # too little of the agent's voice in this window (a reply's first words): unreliable
         gain = float(np.dot(mic, aligned)) / denom
         corr = float(np.dot(mic, aligned)) / (np.sqrt(denom * float(np.dot(mic, mic))) + 1e-12)
         log.debug("echo estimate: delay %.0f ms, gain %.3f, correlation %.2f", d / 16, gain, corr)

@@ -80,7 +80,7 @@ class VADOptions:
     pad_ms: int = 200  # audio kept before the onset and after the last voiced window
     max_utterance_s: float = 30.0  # a longer monologue is cut into utterances, so memory stays bounded
     max_gain_db: float = 24.0  # quiet input is boosted up to this much before the model (0 = off)
-    silence_dbfs: float = -80.0  # windows below this level are digital silence: the model is not run
+    silence_dbfs: float = -80.0  # windows below this level are digital silence: past a hangover of it, the model is not run
 
     def __post_init__(self) -> None:
         if not 0.0 < self.neg_threshold <= self.threshold < 1.0:
@@ -114,6 +114,7 @@ class VADSegmenter:
         self._max = int(o.max_utterance_s * STT_RATE)
         self._max_gain = 10 ** (o.max_gain_db / 20)
         self._floor = 10 ** (o.silence_dbfs / 20)
+        self._digital_max = _windows(10_000)  # 10 s: longer than any reply the canceller mutes
         self.windows = 0  # windows seen, for stats and tests
         self.speech_windows = 0  # windows at or above `threshold`
         self.reset()
@@ -137,6 +138,7 @@ class VADSegmenter:
         self._last_voiced_pos = 0
         self._voiced_w = self._silent_w = 0
         self._paused = False
+        self._digital = 0  # consecutive windows of digital silence
 
     @property
     def in_speech(self) -> bool:
@@ -204,8 +206,12 @@ class VADSegmenter:
     def _prob(self, x: np.ndarray) -> float:
         peak = float(np.abs(x).max())
         if math.sqrt(float(np.dot(x, x)) / WINDOW) < self._floor:
-            self.vad.reset()  # digital silence / muted track: no speech, and no CPU spent on it
-            return 0.0
+            # Digital silence: the echo canceller muting the agent's own voice, or a muted track.
+            # The model still sees it (its state settles on silence: a reset instead costs 2–5
+            # windows of onset lag when the user cuts in); only a long run skips it, to save CPU.
+            self._digital += 1
+            return self.vad(x) if self._digital <= self._digital_max else 0.0
+        self._digital = 0
         # quiet input is boosted for the model only; the gain follows a slowly decaying peak, and the
         # current window's own peak caps it so a sudden loud onset is never driven into clipping
         self._peak = max(peak, self._peak * 0.995)
