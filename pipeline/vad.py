@@ -75,7 +75,8 @@ class VADOptions:
     threshold: float = 0.5  # probability that starts (or resumes) speech
     neg_threshold: float = 0.35  # speech continues until the probability falls below this (hysteresis)
     min_speech_ms: int = 250  # voiced audio needed before SpeechStarted: shorter bursts (coughs, clicks) are dropped
-    pause_ms: int = 96  # silence before SpeechPaused (3 windows): early enough for speculative STT/LLM
+    pause_ms: int = 64  # silence before SpeechPaused (2 windows): speculative STT/LLM start here; a reply slower
+    # than the hangover can gain at most (hangover - pause) from them
     hangover_ms: int = 500  # silence that ends the utterance (the endpoint)
     pad_ms: int = 200  # audio kept before the onset and after the last voiced window
     max_utterance_s: float = 30.0  # a longer monologue is cut into utterances, so memory stays bounded

@@ -142,7 +142,7 @@ def test_state_machine_on_scripted_probabilities() -> None:
         + [0.1] * 16  # windows 17..32: paused at 19, ended at 32
         + [0.9] * 7 + [0.0] * 20  # 7 voiced windows (224 ms): too short for a turn
     )
-    seg, events, at = VADSegmenter(vad=ScriptedVAD(script)), [], []
+    seg, events, at = VADSegmenter(VADOptions(pause_ms=96), vad=ScriptedVAD(script)), [], []
     for frame in frames_from_array(room(len(script) * WINDOW), RATE):
         got = seg.process(frame)
         events += got
