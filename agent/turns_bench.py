@@ -59,7 +59,7 @@ async def run_turns_bench(config: AgentConfig, delays_ms: tuple[int, ...] = (20,
             echo_turns += sum(1 for t in doc["turns"] if t["agent_text"])
             barge += [{**b, "delay_ms": delay} for b in _barge_ins(doc, out)]
         progress("preemptive replies on/off, alternating…")
-        v2v = await _preemption(config, clips[:3])
+        v2v = await _preemption(config, clips[:4])
     counted = [b for b in barge if b["outcome"] in ("detected", "missed")]
     detected = [b for b in counted if b["outcome"] == "detected"]
     heard = [b["heard_ok"] for b in detected if b["heard_ok"] is not None]
@@ -71,6 +71,7 @@ async def run_turns_bench(config: AgentConfig, delays_ms: tuple[int, ...] = (20,
         "self_interruptions": self_interruptions,
         "interruptions_detected": f"{len(detected)}/{len(counted)}",
         "interruptions_not_counted": {
+            "reply_shorter_than_the_cut_in_time": sum(b["outcome"] == "reply shorter than the cut-in time" for b in barge),
             "reply_over_before_the_user_spoke": sum(b["outcome"] == "reply already over" for b in barge),
             "reply_ended_within_300_ms_of_onset": sum(b["outcome"] == "reply ending" for b in barge)},
         # onset as the VAD places it (the system's own view, what the turn metrics record)
@@ -81,7 +82,8 @@ async def run_turns_bench(config: AgentConfig, delays_ms: tuple[int, ...] = (20,
         "heard_text_within_one_word": f"{sum(heard)}/{len(heard)}",
         "voice_to_voice_ms_median": {
             "preemptive_on": med["on"], "preemptive_off": med["off"],
-            "saved": None if None in med.values() else round(med["off"] - med["on"], 1),
+            "saved": None if None in (med["on"], med["off"]) else round(med["off"] - med["on"], 1),
+            "saved_paired_median": med["paired"], "pairs": len(v2v["paired"]),
             # when transcript + LLM + first phrase + TTS take longer than the hangover (they do on
             # 2 cores), starting them at the pause instead of the endpoint saves hangover - pause
             "bound_when_work_exceeds_hangover": _window_ms(config.vad.hangover_ms) - _window_ms(config.vad.pause_ms)},
@@ -104,8 +106,10 @@ def _barge_ins(doc: dict, timeline: Path) -> list[dict]:
     """Each user turn that cut in, matched to the reply that was audible when its words began."""
     s = doc["summary"]
     found = []
-    for onset, cut_in in zip(s["user_speech_onsets"], s["user_interrupting"]):
+    for i, (onset, cut_in) in enumerate(zip(s["user_speech_onsets"], s["user_interrupting"])):
         if not cut_in:
+            if i > 0:  # scripted to cut in, but the reply was over before the cut-in time came
+                found.append({"onset": round(onset, 3), "outcome": "reply shorter than the cut-in time"})
             continue
         reply = next((t for t in doc["turns"] if t["media_times"].get("first_audio_played") is not None
                       and t["media_times"]["first_audio_played"] <= onset <= (t["media_times"].get("agent_stopped") or 1e18)),
@@ -126,17 +130,21 @@ def _barge_ins(doc: dict, timeline: Path) -> list[dict]:
     return found
 
 
-async def _preemption(config: AgentConfig, clips: list[Path]) -> dict[str, list[float]]:
+async def _preemption(config: AgentConfig, clips: list[Path], reps: int = 3) -> dict[str, list[float]]:
     """Voice-to-voice with preemptive replies on, and with no speculation at all (transcript and
-    reply both wait for the endpoint), alternating so that machine load drifts hit both."""
-    v2v: dict[str, list[float]] = {"on": [], "off": []}
-    for _ in range(2):
+    reply both wait for the endpoint), alternating so that machine load drifts hit both; `paired`
+    holds off - on for the same user turn of the same round (less noisy than two medians)."""
+    v2v: dict[str, list[float]] = {"on": [], "off": [], "paired": []}
+    for _ in range(reps):
+        got = {}
         for mode in ("on", "off"):
             cfg = copy.deepcopy(config)
             cfg.turns.preemptive = mode == "on"
             doc = await converse(cfg, clips, None, fast=True)
-            v2v[mode] += [t["timings_ms"]["voice_to_voice"] for t in doc["turns"]
-                          if t["timings_ms"]["voice_to_voice"] is not None]
+            got[mode] = [t["timings_ms"]["voice_to_voice"] for t in doc["turns"]]
+            v2v[mode] += [v for v in got[mode] if v is not None]
+        if len(got["on"]) == len(got["off"]):
+            v2v["paired"] += [b - a for a, b in zip(got["on"], got["off"]) if a is not None and b is not None]
     return v2v
 
 
