@@ -39,7 +39,11 @@ class EchoOptions:
     double_talk_ratio: float = 0.8  # mic and residual must both reach this × the predicted echo energy
     unknown_ratio: float = 2.0  # the same, where the reference for the echo is not known yet (+3 dB)
     lookahead_ms: float = 40.0  # longest the microphone is held for the played reference to come in
-    tolerance_ms: float = 20.0  # timing slack of the echo path (jitter buffers stretch and shrink it)
+    tolerance_ms: float = 50.0  # timing slack of the echo path (jitter buffers drop, repeat and stretch frames)
+    # after a silence the path may have moved (a jitter buffer grows or shrinks while nothing plays;
+    # over WebRTC it moved +20 ms a reply): until an estimate confirms it, the gate looks this far
+    unconfirmed_tolerance_ms: float = 100.0
+    settle_s: float = 0.5  # agent silence after which the path counts as unconfirmed
 
 
 class EchoCanceller:
@@ -50,6 +54,9 @@ class EchoCanceller:
         self.rate = STT_RATE
         self._max_lag = int(self.o.max_delay_ms * self.rate / 1000)
         self._tolerance = int(self.o.tolerance_ms * self.rate / 1000)
+        self._wide = int(self.o.unconfirmed_tolerance_ms * self.rate / 1000)
+        self._confirmed = False  # an estimate saw the current path since the agent last fell silent
+        self._ref_quiet = 0  # samples of (near) silence at the end of the reference
         self._lookahead = int(self.o.lookahead_ms * self.rate / 1000)
         self._held: deque[tuple[np.ndarray, int, float]] = deque()
         self._held_samples = 0
@@ -74,6 +81,10 @@ class EchoCanceller:
         end = start + len(x)
         if self._ref_end is not None and end < self._ref_end:
             return
+        if len(x):
+            self._ref_quiet = self._ref_quiet + len(x) if float(np.mean(x**2)) < 1e-6 else 0
+        if self._ref_quiet > self.o.settle_s * self.rate:
+            self._confirmed = False
         self._push_ref(x, end)
 
     def _push_ref(self, x: np.ndarray, end: int) -> None:
@@ -134,7 +145,7 @@ class EchoCanceller:
     def _cancel(self, mic: np.ndarray, start: int, timestamp: float) -> AudioFrame:
         self._remember_mic(mic, start)
         self._since_estimate += len(mic)
-        every = self.o.estimate_every_ms if self.delay is not None else self.o.search_every_ms
+        every = self.o.estimate_every_ms if self.delay is not None and self._confirmed else self.o.search_every_ms
         if self._since_estimate >= every * self.rate / 1000:
             self._since_estimate = 0
             self._estimate()
@@ -153,11 +164,11 @@ class EchoCanceller:
             # Double-talk gate on energy, not samples: codecs and jitter buffers bend the echo so that
             # subtraction leaves a speech-like residue. Unless the microphone is clearly louder than
             # the loudest echo the reference predicts around the estimated delay, it is echo alone.
-            tol = self._tolerance
+            tol = self._tolerance if self._confirmed else self._wide
             around = self._ref_segment(start - self.delay - tol, len(mic) + 2 * tol)
             # the gain that explains the window's whole energy (LS gain / correlation): an estimate
             # from a window that held little echo is low, and a low gain lets echo through
-            expected = (self.gain / self.correlation) ** 2 * float(np.max(_block_energy(around, len(mic))))
+            expected = (self.gain / self.correlation) ** 2 * _loudest(around, len(mic))
             # min(): a well-aligned echo leaves a small residual; a misaligned one (a jitter-buffer
             # jump) a large residual but a microphone no louder than predicted. Only a voice over
             # the echo raises both.
@@ -210,6 +221,8 @@ class EchoCanceller:
         log.debug("echo estimate: delay %.0f ms, gain %.3f, correlation %.2f", d / 16, gain, corr)
         if corr < self.o.min_correlation or gain <= 0:
             return
+        if self.delay is not None and abs(d - self.delay) <= self._tolerance:
+            self._confirmed = True
         if self.delay is not None and d != self.delay:
             # A window that holds little echo (the onset of a reply, mostly silence before it) can
             # peak at a nearby wrong lag; a wrong path lets echo through the gate. The new path
@@ -219,6 +232,7 @@ class EchoCanceller:
                 log.debug("echo estimate rejected: the known path (%.0f ms) explains the mic better", self.delay / 16)
                 return
         self.delay, self.gain, self.correlation = d, gain, corr
+        self._confirmed = True
 
 
 @dataclass
@@ -246,6 +260,14 @@ def _restart_if_needed(track: _Track | None, frame: AudioFrame, rate: int) -> tu
     start = track.pos
     track.next_ts += len(frame.samples) / frame.sample_rate
     return track, start
+
+
+def _loudest(x: np.ndarray, n: int) -> float:
+    """Highest mean energy of any n consecutive samples of x (a sliding window, not fixed blocks)."""
+    if len(x) <= n:
+        return float(np.mean(x**2)) if len(x) else 0.0
+    c = np.concatenate([[0.0], np.cumsum(x.astype(np.float64) ** 2)])
+    return float(np.max(c[n:] - c[:-n]) / n)
 
 
 def _block_energy(x: np.ndarray, block: int) -> np.ndarray:
