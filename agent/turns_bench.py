@@ -14,7 +14,6 @@ the virtual clock so idle time is skipped but compute is real):
 from __future__ import annotations
 
 import copy
-import math
 import os
 import platform
 import statistics
@@ -28,6 +27,7 @@ import soundfile as sf
 from agent.config import AgentConfig
 from agent.converse import converse
 from pipeline.audio import resample
+from pipeline.vad import WINDOW_S, _windows
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 CLIPS = ["librivox-0880.wav", "goforward.wav", "librivox-0920.wav", "cards/005.wav", "librivox-0870.wav",
@@ -95,7 +95,7 @@ async def run_turns_bench(config: AgentConfig, delays_ms: tuple[int, ...] = (20,
 
 
 def _window_ms(ms: float) -> float:
-    return math.ceil(ms / 32 - 1e-9) * 32  # the VAD rounds durations up to whole 32 ms windows
+    return round(_windows(ms) * WINDOW_S * 1000)  # the VAD rounds durations up to whole windows
 
 
 def _stats(values: list[float]) -> dict:

@@ -172,8 +172,7 @@ class EchoCanceller:
             # min(): a well-aligned echo leaves a small residual; a misaligned one (a jitter-buffer
             # jump) a large residual but a microphone no louder than predicted. Only a voice over
             # the echo raises both.
-            known = self._ref_end is not None and start - self.delay + len(mic) <= self._ref_end
-            if not known:
+            if not self._reference_covers(start + len(mic)):
                 # a short echo path can outrun the reference (the playout's next frame, or the
                 # resampler's few ms, is not in yet): nothing to subtract, so only a voice clearly
                 # louder than the latest echo passes
