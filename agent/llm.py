@@ -9,6 +9,7 @@ moment a turn is cancelled by barge-in.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +18,8 @@ from types import TracebackType
 from typing import Any
 
 import openai
+
+log = logging.getLogger(__name__)
 
 
 def _default_api_key() -> str:
@@ -35,6 +38,11 @@ class LLMOptions:
     connect_timeout: float = 3.0  # seconds to open a connection; also the whole budget of check()
     request_timeout: float = 30.0  # seconds of silence tolerated on an open stream
     first_token_timeout: float = 10.0  # seconds from request to first text; longer is a broken turn
+    # While the user speaks, send the conversation plus their interim words (one token asked for)
+    # so the server's prompt cache holds them: at the pause only the last words are new. Needs a
+    # server that caches prompts (llama.cpp, vLLM); billed endpoints pay for every read.
+    # None: on for the embedded model only.
+    prefill_while_listening: bool | None = None
 
 
 class LLMError(RuntimeError):
@@ -66,7 +74,7 @@ class OpenAICompatibleLLM:
     or closing the generator, closes the HTTP response, which makes llama.cpp stop decoding.
     """
 
-    def __init__(self, options: LLMOptions, base_url: str | None = None) -> None:
+    def __init__(self, options: LLMOptions, base_url: str | None = None, prefill: bool | None = None) -> None:
         url = base_url or options.base_url
         if not url:
             raise ValueError(
@@ -76,6 +84,9 @@ class OpenAICompatibleLLM:
         self.options = options
         self.base_url = url.rstrip("/")
         self.last_first_token_s: float | None = None  # request sent → first text delta, last stream
+        # prefill(): the option if set, else what the caller knows (on for the embedded server)
+        self.prefills = bool(options.prefill_while_listening if options.prefill_while_listening is not None
+                             else prefill)
         self._client = openai.AsyncOpenAI(
             base_url=self.base_url,
             api_key=options.api_key,
@@ -127,6 +138,23 @@ class OpenAICompatibleLLM:
         finally:
             if response is not None:
                 await response.close()  # closes the connection: the server cancels its decode
+
+    async def prefill(self, messages: list[dict[str, Any]]) -> bool:
+        """Have the server read `messages` into its prompt cache, so that a reply to a longer
+        version of them starts sooner. Best effort: False when off or failed (a real request
+        reports errors; this one must never break a turn)."""
+        if not self.prefills:
+            return False
+        try:
+            async with asyncio.timeout(self.options.first_token_timeout):
+                await self._client.chat.completions.create(
+                    model=self.options.model, messages=messages,  # type: ignore[arg-type]
+                    max_tokens=1, temperature=0.0, stream=False,
+                )
+            return True
+        except (openai.OpenAIError, TimeoutError) as e:
+            log.debug("prefill to %s failed: %s", self.base_url, e)
+            return False
 
     async def aclose(self) -> None:
         """Close the underlying HTTP client."""

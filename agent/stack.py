@@ -91,7 +91,7 @@ async def load_stack(config: AgentConfig, progress: Callable[[str], None] = lamb
             url = await server_start
         else:
             url = config.llm.base_url
-        llm = OpenAICompatibleLLM(config.llm, base_url=url)
+        llm = OpenAICompatibleLLM(config.llm, base_url=url, prefill=server is not None)
         stack.push_async_callback(llm.aclose)
         await llm.check()
         times["llm_s"] = time.perf_counter() - t

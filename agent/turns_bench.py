@@ -7,8 +7,9 @@ the virtual clock so idle time is skipped but compute is real):
   interruption: every barge-in is a self-interruption (target: none);
 * barge-in: the same echo, and the next user turn's words start 0.7 s into each reply (target:
   every one detected; onset → silence p95 ≤ 250 ms; heard text within a word of what was played);
-* preemptive replies on, and no speculation at all, alternating on the same turns: how much
-  voice-to-voice the early start saves.
+* preemptive replies on (prefill while the user speaks, reply from the pause), from the pause
+  only, and no speculation at all, alternating on the same turns: how much voice-to-voice the
+  early start saves.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ async def run_turns_bench(config: AgentConfig, delays_ms: tuple[int, ...] = (20,
             self_interruptions += doc["summary"]["self_interruptions"]
             echo_turns += sum(1 for t in doc["turns"] if t["agent_text"])
             barge += [{**b, "delay_ms": delay} for b in _barge_ins(doc, out)]
-        progress("preemptive replies on/off, alternating…")
+        progress("preemptive replies on, at the pause only, off, alternating…")
         v2v = await _preemption(config, clips[:4])
     counted = [b for b in barge if b["outcome"] in ("detected", "missed")]
     detected = [b for b in counted if b["outcome"] == "detected"]
@@ -81,12 +82,13 @@ async def run_turns_bench(config: AgentConfig, delays_ms: tuple[int, ...] = (20,
         "cancellation_ms": _stats([b["cancellation_ms"] for b in detected if b["cancellation_ms"] is not None]),
         "heard_text_within_one_word": f"{sum(heard)}/{len(heard)}",
         "voice_to_voice_ms_median": {
-            "preemptive_on": med["on"], "preemptive_off": med["off"],
+            "preemptive_on": med["on"], "preemptive_at_pause_only": med["pause_only"], "preemptive_off": med["off"],
             "saved": None if None in (med["on"], med["off"]) else round(med["off"] - med["on"], 1),
             "saved_paired_median": med["paired"], "pairs": len(v2v["paired"]),
             # when transcript + LLM + first phrase + TTS take longer than the hangover (they do on
-            # 2 cores), starting them at the pause instead of the endpoint saves hangover - pause
-            "bound_when_work_exceeds_hangover": _window_ms(config.vad.hangover_ms) - _window_ms(config.vad.pause_ms)},
+            # 2 cores), starting them at the pause instead of the endpoint saves hangover - pause;
+            # only work done before the pause (the prefill) can save more
+            "pause_only_bound_when_work_exceeds_hangover": _window_ms(config.vad.hangover_ms) - _window_ms(config.vad.pause_ms)},
         "barge_ins": barge,
         "targets": {"self_interruptions": 0, "detected": ">= 19 of 20", "barge_in_to_silence_p95_ms": 250,
                     "cancellation_ms": 30, "heard_within_one_word": ">= 95%",
@@ -130,16 +132,23 @@ def _barge_ins(doc: dict, timeline: Path) -> list[dict]:
     return found
 
 
+MODES = ("on", "pause_only", "off")
+
+
 async def _preemption(config: AgentConfig, clips: list[Path], reps: int = 3) -> dict[str, list[float]]:
-    """Voice-to-voice with preemptive replies on, and with no speculation at all (transcript and
-    reply both wait for the endpoint), alternating so that machine load drifts hit both; `paired`
-    holds off - on for the same user turn of the same round (less noisy than two medians)."""
-    v2v: dict[str, list[float]] = {"on": [], "off": [], "paired": []}
+    """Voice-to-voice with preemptive replies on (the LLM reads the user's interim words while they
+    speak; transcript and reply start at the pause), started at the pause only (no prefill), and
+    with no speculation at all (transcript and reply wait for the endpoint). Modes alternate so that
+    machine load drifts hit all three; `paired` holds off - on for the same user turn of the same
+    round (less noisy than two medians)."""
+    v2v: dict[str, list[float]] = {m: [] for m in (*MODES, "paired")}
     for _ in range(reps):
         got = {}
-        for mode in ("on", "off"):
+        for mode in MODES:
             cfg = copy.deepcopy(config)
-            cfg.turns.preemptive = mode == "on"
+            cfg.turns.preemptive = mode != "off"
+            if mode == "pause_only":
+                cfg.llm.prefill_while_listening = False
             doc = await converse(cfg, clips, None, fast=True)
             got[mode] = [t["timings_ms"]["voice_to_voice"] for t in doc["turns"]]
             v2v[mode] += [v for v in got[mode] if v is not None]

@@ -38,6 +38,13 @@ class FakeLLM:
         self.clock, self.replies, self.token_s, self.fail_after, self.ttft_s = clock, list(replies), token_s, fail_after, ttft_s
         self.requests: list[list[dict]] = []
         self.closed = 0
+        self.prefilled: list[list[dict]] = []  # prompts read ahead by prefill()
+        self.prefill_s = 0.05
+
+    async def prefill(self, messages: list[dict]) -> bool:
+        self.prefilled.append(messages)
+        await self.clock.sleep_until(self.clock.now() + self.prefill_s)
+        return True
 
     async def stream(self, messages: list[dict]):
         self.requests.append(messages)

@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -55,6 +56,11 @@ class FakeServer:
             return web.json_response({"error": {"message": "model exploded", "type": "server_error"}}, status=500)
         if mode == "stall_headers":
             await asyncio.sleep(30)
+        if not self.requests[-1].get("stream"):  # a prefill: one token, as a plain completion
+            return web.json_response({
+                "id": "x", "object": "chat.completion", "created": 0, "model": "fake",
+                "choices": [{"index": 0, "finish_reason": "length",
+                             "message": {"role": "assistant", "content": "Hel"}}]})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         await resp.write(_chunk({"role": "assistant", "content": ""}))  # role-only: not a token
@@ -93,7 +99,7 @@ async def fake() -> AsyncIterator[FakeServer]:
     await runner.cleanup()
 
 
-def _llm(url: str, **kw: float) -> OpenAICompatibleLLM:
+def _llm(url: str, **kw: float | bool) -> OpenAICompatibleLLM:
     return OpenAICompatibleLLM(LLMOptions(base_url=url, model="fake", **kw))  # type: ignore[arg-type]
 
 
@@ -113,6 +119,25 @@ async def test_http_500_raises_llm_error(fake: FakeServer) -> None:
     async with _llm(fake.url("fail")) as llm:
         with pytest.raises(LLMError, match="HTTP 500.*model exploded"):
             [t async for t in llm.stream(MESSAGES)]
+
+
+async def test_prefill_is_off_for_an_external_endpoint_unless_asked(fake: FakeServer) -> None:
+    async with _llm(fake.url("ok")) as llm:
+        assert await llm.prefill(MESSAGES) is False
+    assert fake.requests == [], "a billed endpoint was sent a prefill nobody asked for"
+    async with _llm(fake.url("ok"), prefill_while_listening=True) as llm:
+        assert await llm.prefill(MESSAGES) is True
+    assert fake.requests[0]["max_tokens"] == 1 and not fake.requests[0].get("stream")
+
+
+@pytest.mark.parametrize("mode", ["fail", "stall_headers", "closed"])
+async def test_a_failed_prefill_is_reported_not_raised(fake: FakeServer, mode: str) -> None:
+    """A prefill is only a hint: a dead, failing or stuck endpoint must not break the turn."""
+    url = f"http://127.0.0.1:{_closed_port()}/v1" if mode == "closed" else fake.url(mode)
+    async with _llm(url, prefill_while_listening=True, first_token_timeout=0.3, connect_timeout=0.5) as llm:
+        t0 = time.monotonic()
+        assert await llm.prefill(MESSAGES) is False
+        assert time.monotonic() - t0 < 3
 
 
 @pytest.mark.parametrize("mode", ["stall_headers", "stall_body"])
@@ -234,6 +259,13 @@ async def test_real_model_says_hello(tmp_path: Path) -> None:
             while "cancel task" not in server.log_tail(500) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             assert "cancel task" in server.log_tail(500), "llama.cpp kept decoding after the stream closed"
+        # prefill (on for the embedded server): the user's words so far land in the prompt cache,
+        # so the request at the pause reads only the new ones (timings from llama.cpp itself)
+        heard = "I would like to hear about the lighthouses on the coast of Maine and the people who kept them"
+        async with OpenAICompatibleLLM(LLMOptions(base_url=url), prefill=True) as llm:
+            assert await llm.prefill([*messages[:1], {"role": "user", "content": heard}])
+        read = await _prompt_tokens_read(url, [*messages[:1], {"role": "user", "content": heard + " in winter."}])
+        assert read < 12, f"the server re-read {read} prompt tokens: the prefill did not reach its cache"
     finally:
         await server.stop()
     text = "".join(deltas).strip()
@@ -246,6 +278,13 @@ async def test_real_model_says_hello(tmp_path: Path) -> None:
 
 
 @pytest.mark.models
+async def _prompt_tokens_read(url: str, messages: list[dict]) -> int:
+    async with aiohttp.ClientSession() as http:
+        body = {"model": "local", "messages": messages, "max_tokens": 1}
+        async with http.post(f"{url}/chat/completions", json=body) as r:
+            return (await r.json())["timings"]["prompt_n"]
+
+
 def test_child_exits_when_parent_dies(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import asyncio, os

@@ -185,3 +185,52 @@ async def test_preemptive_reply_is_discarded_unheard_when_the_user_resumes():
     assert m.heard_text == "Right answer." and m.user_text == "first part and the rest"
     assert [x.text for x in rig.turns.conversation.messages] == ["first part and the rest", "Right answer."]
     assert not any("Wrong" in (t.get("metrics", {}).get("agent_text", "")) for t in rig.events)
+
+
+async def _speak_with_interims(rig: Rig, seconds: float) -> None:
+    """The user talks for `seconds` (audio every 20 ms, interim passes as the transcriber schedules
+    them), pauses, and the endpoint follows 0.45 s later."""
+    t = rig.clock.now()
+    await rig.turns.handle(SpeechStarted(t))
+    for _ in range(round(seconds / 0.02)):
+        await settle(rig.clock, 0.02)
+        rig.turns.listen(rig.clock.now(), lambda: (AUDIO, rig.clock.now()))
+    last = rig.clock.now()
+    await rig.turns.handle(SpeechPaused(last, AUDIO))
+    await settle(rig.clock, 0.45)
+    await rig.turns.handle(SpeechEnded(t, last, rig.clock.now(), AUDIO))
+    await rig.turns.wait_reply()
+
+
+async def test_the_llm_reads_the_users_words_while_they_speak():
+    """Preemption begins before the pause: an interim transcript is prefilled into the LLM's prompt
+    cache, and the reply's prompt at the pause extends exactly that prompt."""
+    async with Rig(["go forward", "go forward ten meters"], ["Going.", "Done."]) as rig:
+        await _speak_with_interims(rig, 1.0)
+        (prompt,) = rig.llm.prefilled
+        assert prompt[-1] == {"role": "user", "content": "go forward"}
+        (request,) = rig.llm.requests
+        assert request[:-1] == prompt[:-1] and request[-1]["content"] == "go forward ten meters"
+        # the next turn's prefill carries the history, as the next request will
+        rig.stt.texts += ["and then", "and then stop"]
+        await _speak_with_interims(rig, 1.0)
+        assert [m["content"] for m in rig.llm.prefilled[1][-3:]] == ["go forward ten meters", "Going.", "and then"]
+        assert rig.llm.requests[1][:-1] == rig.llm.prefilled[1][:-1]
+
+
+@pytest.mark.parametrize("prefill_s, expected", [(0.05, 3), (5.0, 1)])
+async def test_prefills_run_one_at_a_time(prefill_s, expected):
+    async with Rig(["one", "one two", "one two three", "one two three four"], ["Ok."]) as rig:
+        rig.llm.prefill_s = prefill_s
+        before = asyncio.all_tasks()
+        await _speak_with_interims(rig, 2.0)
+        assert rig.turns.transcriber.passes["interim"] == 3
+        assert len(rig.llm.prefilled) == rig.turns.prefills == expected
+        await rig.turns.aclose()
+        assert not _leftover_tasks(before), "a prefill outlived the session"
+
+
+async def test_without_preemption_nothing_is_prefilled():
+    async with Rig(["go forward", "go forward ten meters"], ["Going."], TurnOptions(preemptive=False)) as rig:
+        await _speak_with_interims(rig, 1.0)
+    assert rig.llm.prefilled == [] and len(rig.llm.requests) == 1
