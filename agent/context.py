@@ -27,18 +27,31 @@ class Conversation:
     messages: list[Message] = field(default_factory=list)
 
     def add_user(self, text: str) -> None:
-        self.messages.append(Message("user", text))
+        self.messages = _with_user(self.messages, text)
 
     def add_agent(self, heard_text: str, interrupted: bool) -> None:
         if heard_text or interrupted:
             self.messages.append(Message("assistant", heard_text, interrupted))
 
-    def for_llm(self) -> list[dict[str, str]]:
+    def for_llm(self, pending_user: str | None = None) -> list[dict[str, str]]:
+        """The prompt; with `pending_user`, as if those words had been added (a speculative reply)."""
+        messages = self.messages[-self.max_messages :]
+        if pending_user:
+            messages = _with_user(messages, pending_user)
         out = [{"role": "system", "content": self.system_prompt}, *self.primer]
-        for m in self.messages[-self.max_messages :]:
-            out.append({"role": m.role, "content": f"{m.text}…" if m.interrupted and m.text else m.text})
+        for m in messages:
+            out.append({"role": m.role, "content": m.text})
             if m.interrupted:
                 # a separate note, not text in the agent's mouth: small models copy whatever they
-                # see in their own turns (measured: they repeated an inline "[interrupted…]" tag)
+                # see in their own turns (measured: they repeated an inline "[interrupted…]" tag,
+                # and a trailing "…" made Qwen 0.5B end its next replies mid-sentence with one)
                 out.append({"role": "system", "content": INTERRUPTED_NOTE if m.text else INTERRUPTED_EARLY})
         return out
+
+
+def _with_user(messages: list[Message], text: str) -> list[Message]:
+    """`messages` plus the user's words; words that follow the user's own (no reply between, e.g.
+    a reply cancelled before it spoke) join them, so the prompt holds one user turn."""
+    if messages and messages[-1].role == "user":
+        return [*messages[:-1], Message("user", f"{messages[-1].text} {text}")]
+    return [*messages, Message("user", text)]

@@ -6,6 +6,7 @@ the output is a stereo timeline (user left, agent right) and per-turn metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import platform
@@ -72,6 +73,7 @@ async def converse(
         progress(f"conversation: {len(turns)} user turn(s){' on a virtual clock' if fast else ' in real time'}…")
         await session.run(frames())
         metrics = [m.as_dict() for m in session.turns.turns]
+        history = [dataclasses.asdict(m) for m in session.turns.conversation.messages]
         underruns = session.playout.underruns
         cache = stack.cache
     self_interruptions = _self_interruptions(metrics, mic.user_spans)
@@ -87,6 +89,7 @@ async def converse(
     # the script's ground truth: when each user turn's words began, and which ones cut in
     summary["user_speech_onsets"] = mic.speech_onsets
     summary["user_interrupting"] = mic.interrupting
+    summary["history"] = history  # what the next LLM call sees: the user's words and what they heard
     if echo is not None:
         summary["echo"] = {"db": echo_db, "delay_ms": echo_delay_ms}
     return {"turns": metrics, "summary": summary}

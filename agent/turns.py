@@ -21,7 +21,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Awaitable, Callable, Protocol
 
 import numpy as np
 
@@ -137,6 +137,8 @@ class TurnManager:
         self.backchannels = 0
         self._background: set[asyncio.Task] = set()
         self._prefill: asyncio.Task | None = None  # the LLM reading the user's interim words
+        self._words: asyncio.Task | None = None  # user words being added to history without a reply
+        self._continuing = False  # the VAD cut a monologue: the next SpeechStarted is the same turn
         self.prefills = 0
 
     # --- events in ----------------------------------------------------------------------------
@@ -147,11 +149,19 @@ class TurnManager:
                     self._candidate = event.at  # judged when it ends, or cut in when it runs long
                 else:
                     await self.barge_in(event.at)
-            m = TurnMetrics(index=len(self.turns), user_started=event.at)
-            self._pending_user = m
+            if not (self._continuing and self._pending_user is not None):
+                self._pending_user = TurnMetrics(index=len(self.turns), user_started=event.at)
+            self._continuing = False
             self.transcriber.handle(event)
             if self._candidate is None:
                 self._set_state(State.USER_SPEAKING)
+        elif isinstance(event, SpeechEnded) and event.continued:
+            # a monologue cut by the VAD's length cap: the user talks on, so no reply yet; the
+            # piece's words join the history, and the turn goes on in the next utterance
+            self._continuing = True
+            self._discard(self._preempt)
+            self._preempt = None
+            self._keep_words(self.transcriber.handle(event))
         elif isinstance(event, SpeechEnded) and self._candidate is not None:
             m = self._pending_user or TurnMetrics(index=len(self.turns), user_started=event.started)
             self._pending_user, onset, self._candidate = None, self._candidate, None
@@ -170,7 +180,7 @@ class TurnManager:
                 self._reply = p.task
             else:
                 self._discard(p)
-                self._reply = asyncio.create_task(self._turn(m, final), name=f"turn-{m.index}")
+                self._reply, self._current = asyncio.create_task(self._turn(m, final), name=f"turn-{m.index}"), m
         elif isinstance(event, SpeechPaused):
             self.transcriber.handle(event)  # the speculative final pass starts
             spec = self.transcriber.speculation()
@@ -193,6 +203,7 @@ class TurnManager:
     def _commit(self, m: TurnMetrics, p: _Preempt) -> None:
         """Endpoint confirmed: the held reply becomes this turn's reply; its audio may play."""
         p.committed = True
+        self._current = m
         if p.ready_at is not None:  # else _preemptive records it when the transcript arrives
             self._record_user(m, p.text, p.ready_at)
         p.gate.set()
@@ -203,7 +214,13 @@ class TurnManager:
         self.on_event({"type": "transcript", "final": True, "text": text, "turn": m.index})
 
     async def _preemptive(self, m: TurnMetrics, p: _Preempt, spec: asyncio.Task) -> None:
-        got = await asyncio.shield(spec)
+        try:
+            got = await asyncio.shield(spec)
+            await self._words_kept()
+        except asyncio.CancelledError:
+            if p.committed and p.ready_at is None:  # the user spoke again before the reply began
+                self._keep_words(spec, m)
+            raise
         if not got or not got[0]:
             if p.committed:  # nothing was heard after all: behave as an empty final
                 self._set_state(State.LISTENING)
@@ -211,8 +228,8 @@ class TurnManager:
         p.text, p.ready_at = got
         if p.committed:
             self._record_user(m, p.text, p.ready_at)
-        history = self.conversation.for_llm()  # already holds the user's words if committed
-        messages = history if p.committed else [*history, {"role": "user", "content": p.text}]
+        # the history already holds the user's words if committed
+        messages = self.conversation.for_llm(None if p.committed else p.text)
         await self._reply_to(m, messages, gate=p.gate, committed=lambda: p.committed)
 
     def listen(self, now: float, source: AudioSource) -> None:
@@ -238,7 +255,31 @@ class TurnManager:
         m.user_last_voiced, m.endpoint_at = event.last_voiced, event.decided_at
         self.turns.append(m)
         self._set_state(State.THINKING)
-        self._reply = asyncio.create_task(self._turn(m, final), name=f"turn-{m.index}")
+        self._reply, self._current = asyncio.create_task(self._turn(m, final), name=f"turn-{m.index}"), m
+
+    def _keep_words(self, words: Awaitable, m: TurnMetrics | None = None) -> None:
+        """User words no reply will answer (a monologue piece cut by the VAD, or a turn whose reply
+        was cancelled before it began) still join the history, in order, once transcribed."""
+        before = self._words
+
+        async def keep() -> None:
+            if before is not None:
+                await asyncio.gather(before, return_exceptions=True)
+            got = await words
+            text, at = (got.text, got.at) if isinstance(got, Transcript) else (got or ("", None))
+            if text:
+                self.conversation.add_user(text)
+                if m is not None:
+                    m.user_text, m.stt_final_at = text, at
+                self.on_event({"type": "transcript", "final": True, "text": text, "turn": m.index if m else None})
+
+        self._words = asyncio.create_task(keep(), name="user-words")
+        self._background.add(self._words)
+        self._words.add_done_callback(self._background.discard)
+
+    async def _words_kept(self) -> None:
+        if self._words is not None:
+            await asyncio.gather(self._words, return_exceptions=True)
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -263,7 +304,7 @@ class TurnManager:
             return
         self.prefills += 1
         self._prefill = asyncio.create_task(
-            self._prefill_now(prefill, [*self.conversation.for_llm(), {"role": "user", "content": text}]),
+            self._prefill_now(prefill, self.conversation.for_llm(text)),
             name="llm-prefill")
 
     async def _prefill_now(self, prefill, messages: list[dict]) -> None:
@@ -321,7 +362,12 @@ class TurnManager:
 
     # --- one turn -----------------------------------------------------------------------------
     async def _turn(self, m: TurnMetrics, final: asyncio.Task[Transcript]) -> None:
-        transcript = await final  # often already done: the speculative pass at the pause was the final
+        try:  # often already done: the speculative pass at the pause was the final
+            transcript = await asyncio.shield(final)
+            await self._words_kept()
+        except asyncio.CancelledError:  # the user spoke again before the reply began: keep their words
+            self._keep_words(final, m)
+            raise
         if not transcript.text:
             m.stt_final_at = transcript.at
             self.on_event({"type": "transcript", "final": True, "text": "", "turn": m.index})
@@ -338,8 +384,8 @@ class TurnManager:
         """One reply in one scope: thinking and speaking as children of a TaskGroup. Audio waits for
         `gate` (a preemptive reply); an uncommitted reply leaves no trace when cancelled."""
         rid = self._rid = self.tts.new_request_id()
-        self._current = m
         m.llm_request_at = m.llm_first_token_at = m.first_phrase_at = m.tts_first_chunk_at = None
+        m.tts_last_chunk_at = None
         phrases: asyncio.Queue[str | None] = asyncio.Queue()
         generated: list[str] = []
         underruns_before = self.playout.underruns
@@ -408,6 +454,8 @@ class TurnManager:
         async for chunk in chunks:
             if m.tts_first_chunk_at is None and chunk.samples.size:
                 m.tts_first_chunk_at = self.clock.now()
+            if chunk.final:
+                m.tts_last_chunk_at = self.clock.now()
             if gate is not None and not gate.is_set():
                 await gate.wait()  # a preemptive reply: held until the endpoint is confirmed
             if chunk.samples.size and self.state is not State.SPEAKING:

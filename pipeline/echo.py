@@ -10,8 +10,13 @@ It models the echo path as one delay and one gain (a loudspeaker-to-microphone p
 reverberation, or a browser that already ran its own AEC and left a residue). Subtraction alone
 is not enough after a codec and a jitter buffer, so a double-talk gate decides on energy: while echo
 is predicted, the microphone passes only when it is clearly louder than that echo (the user talking
-over it). Before the first estimate, while the agent is audible, only a voice louder than the
-agent's own output passes; if no echo path is found within `search_s`, nothing is muted.
+over it). Before the first estimate, while the agent is audible, the microphone is held, not
+muted: a voice louder than the agent's own output passes at once; the rest waits until an echo path
+is found (then it is cancelled and gated like any other audio) or ruled out after `search_s` (a
+headset, or a browser that cancelled its echo: then it passes as it is), or until a window shows
+that the reference explains almost none of it (the user alone). Only a quiet microphone counts
+toward "no echo": a user talking over the first reply must not make the canceller give up. A user
+who cuts in at the first word of the first reply is heard, never lost.
 """
 
 from __future__ import annotations
@@ -36,6 +41,15 @@ class EchoOptions:
     min_correlation: float = 0.7  # below this the estimate is not trusted (e.g. user talking over)
     min_echo_ms: float = 300.0  # voiced reference an estimate needs in its window (less: a wrong lag wins)
     search_s: float = 1.5  # agent-audible time to find an echo path (> max delay); none → no echo (headset, browser AEC)
+    # ...counted only while the microphone is this far below the agent's output (-15 dB over a
+    # search window): a quiet microphone is evidence of no echo; a loud one (echo, or the user
+    # talking over) is evidence of nothing
+    no_echo_ratio: float = 0.03
+    max_hold_ms: float = 600.0  # longest a frame waits for a verdict before a path is known; then muted
+    # before a path is known, microphone audio whose latest `user_window_ms` the agent's output (at
+    # its best lag) explains less than this share of is the user alone (not the agent's voice): it passes
+    user_fraction: float = 0.05
+    user_window_ms: float = 250.0
     double_talk_ratio: float = 0.8  # mic and residual must both reach this × the predicted echo energy
     unknown_ratio: float = 2.0  # the same, where the reference for the echo is not known yet (+3 dB)
     lookahead_ms: float = 40.0  # longest the microphone is held for the played reference to come in
@@ -58,7 +72,8 @@ class EchoCanceller:
         self._confirmed = False  # an estimate saw the current path since the agent last fell silent
         self._ref_quiet = 0  # samples of (near) silence at the end of the reference
         self._lookahead = int(self.o.lookahead_ms * self.rate / 1000)
-        self._held: deque[tuple[np.ndarray, int, float]] = deque()
+        self._max_hold = int(self.o.max_hold_ms * self.rate / 1000)
+        self._held: deque[_Held] = deque()
         self._held_samples = 0
         keep = self._max_lag + int(self.o.window_ms * self.rate / 1000) * 2
         self._ref = np.zeros(keep, np.float32)  # ring of the last `keep` samples of played audio
@@ -68,7 +83,7 @@ class EchoCanceller:
         self._ref_rs: _Track | None = None
         self._mic_rs: _Track | None = None
         self._since_estimate = 0
-        self._searched_s = 0.0  # agent-audible time spent without an echo estimate
+        self._searched_s = 0.0  # agent-audible time with a quiet microphone and no echo estimate
         self.delay: int | None = None  # samples
         self.gain = 0.0
         self.correlation = 0.0
@@ -120,16 +135,23 @@ class EchoCanceller:
         self._mic_rs, start = _restart_if_needed(self._mic_rs, frame, self.rate)
         mic = self._mic_rs.resampler(frame.samples)
         self._mic_rs.pos += len(mic)
-        self._held.append((mic, start, frame.timestamp))
+        self._held.append(_Held(mic, start, frame.timestamp))
         self._held_samples += len(mic)
+        self._learn(mic, start)
         out: list[AudioFrame] = []
         while self._held:
-            mic, start, timestamp = self._held[0]
+            head = self._held[0]
+            mic, start, timestamp = head.mic, head.start, head.timestamp
             if self._held_samples - len(mic) < self._lookahead and not self._reference_covers(start + len(mic)):
                 break
+            undecided = not head.user and self._undecided(mic, start)
+            if undecided and self._mic_rs.pos - (start + len(mic)) < self._max_hold:
+                break  # wait for an echo path, or for a sign that this is the user's voice
             self._held.popleft()
             self._held_samples -= len(mic)
-            out.append(self._cancel(mic, start, timestamp))
+            # held too long without a verdict: it may be echo, so it is muted (as it always was)
+            out.append(AudioFrame(np.zeros_like(mic), self.rate, timestamp) if undecided
+                       else self._cancel(mic, start, timestamp))
         if len(out) == 1:
             return out[0]
         samples = np.concatenate([f.samples for f in out]) if out else np.zeros(0, np.float32)
@@ -142,23 +164,66 @@ class EchoCanceller:
             return False
         return self._ref_end >= end - (self.delay if self.delay is not None and self.gain > 0 else 0)
 
-    def _cancel(self, mic: np.ndarray, start: int, timestamp: float) -> AudioFrame:
+    def _learn(self, mic: np.ndarray, start: int) -> None:
+        """Every microphone frame, on arrival: keep it for the delay search, count the time spent
+        searching while the agent is audible, and re-estimate the path when due."""
         self._remember_mic(mic, start)
         self._since_estimate += len(mic)
         every = self.o.estimate_every_ms if self.delay is not None and self._confirmed else self.o.search_every_ms
         if self._since_estimate >= every * self.rate / 1000:
             self._since_estimate = 0
             self._estimate()
+            if self.delay is None:
+                self._mark_user()
+                self._count_search(every / 1000)
+
+    def _count_search(self, seconds: float) -> None:
+        """A search tick counts toward "no echo" only if the agent's voice is in the reference and
+        the microphone stayed far quieter than it over the window, where an echo would have shown."""
+        window = np.concatenate(self._mic_hist)
+        ref = self._ref_segment(self._mic_end - len(window) - self._max_lag, len(window) + self._max_lag)
+        ref_energy = float(np.mean(ref**2))
+        if ref_energy > 1e-6 and float(np.mean(window**2)) < self.o.no_echo_ratio * ref_energy:
+            self._searched_s += seconds
+
+    def _mark_user(self) -> None:
+        """No path yet: if the agent's output, at its best lag, explains almost none of the latest
+        microphone audio, that audio is the user's voice (an echo to come is judged when it comes).
+        Held frames inside that span may pass; a short span, so an echo right after the user's
+        last words is not taken for them."""
+        n = int(self.o.user_window_ms * self.rate / 1000)
+        if self._mic_end is None or self._ref_end is None:
+            return
+        end = min(self._mic_end, self._ref_end)
+        window = np.concatenate(self._mic_hist)
+        mic = window[len(window) - (self._mic_end - end) - n : len(window) - (self._mic_end - end)]
+        if len(mic) < n or float(np.mean(mic**2)) < 1e-8:
+            return
+        ref = self._ref_segment(end - n - self._max_lag, n + self._max_lag)
+        if float(np.mean(ref**2)) < 1e-6:
+            return  # the agent was silent: nothing is held for it
+        corr = _best_correlation(mic, ref, self._max_lag)
+        if corr**2 < self.o.user_fraction:
+            for h in self._held:
+                if h.start >= end - n and h.start + len(h.mic) <= end:
+                    h.user = True
+
+    def _agent_level(self, mic: np.ndarray, start: int) -> float:
+        """Loudest the agent's output was over the longest echo path before this frame."""
+        recent = self._ref_segment(start - self._max_lag, self._max_lag + len(mic))
+        return float(np.max(_block_energy(recent, max(len(mic), 1))))
+
+    def _undecided(self, mic: np.ndarray, start: int) -> bool:
+        """No echo path known yet, the agent audible, the search not over: this frame may be echo
+        of any gain. Only a voice louder than the agent's own output is surely the user."""
+        if self.delay is not None or self._searched_s >= self.o.search_s or not mic.size:
+            return False
+        level = self._agent_level(mic, start)
+        return level > 1e-6 and float(np.mean(mic**2)) < self.o.unknown_ratio * level
+
+    def _cancel(self, mic: np.ndarray, start: int, timestamp: float) -> AudioFrame:
         out = mic
-        if self.delay is None and mic.size and self._searched_s < self.o.search_s:
-            # no echo path known yet: while the agent is audible, only a voice louder than it passes
-            recent = self._ref_segment(start - self._max_lag, self._max_lag + len(mic))
-            loudest = float(np.max(_block_energy(recent, len(mic))))
-            if loudest > 1e-6:
-                self._searched_s += len(mic) / self.rate
-                if float(np.mean(mic**2)) < 2.0 * loudest:
-                    out = np.zeros_like(mic)
-        elif self.gain > 0 and mic.size:
+        if self.delay is not None and self.gain > 0 and mic.size:
             echo = self.gain * self._ref_segment(start - self.delay, len(mic))
             out = mic - echo
             # Double-talk gate on energy, not samples: codecs and jitter buffers bend the echo so that
@@ -213,10 +278,10 @@ class EchoCanceller:
         denom = float(np.dot(aligned, aligned))
         if denom <= 0:
             return
+        corr = float(np.dot(mic, aligned)) / (np.sqrt(denom * float(np.dot(mic, mic))) + 1e-12)
         if np.count_nonzero(_block_energy(aligned, self.rate // 50) > 1e-4) < self.o.min_echo_ms / 20:
             return  # too little of the agent's voice in this window (a reply's first words): unreliable
         gain = float(np.dot(mic, aligned)) / denom
-        corr = float(np.dot(mic, aligned)) / (np.sqrt(denom * float(np.dot(mic, mic))) + 1e-12)
         log.debug("echo estimate: delay %.0f ms, gain %.3f, correlation %.2f", d / 16, gain, corr)
         if corr < self.o.min_correlation or gain <= 0:
             return
@@ -232,6 +297,28 @@ class EchoCanceller:
                 return
         self.delay, self.gain, self.correlation = d, gain, corr
         self._confirmed = True
+
+
+@dataclass
+class _Held:
+    """A microphone frame waiting to be judged; `user` once it is known to be the user's voice."""
+
+    mic: np.ndarray
+    start: int
+    timestamp: float
+    user: bool = False
+
+
+def _best_correlation(mic: np.ndarray, ref: np.ndarray, max_lag: int) -> float:
+    """Normalized correlation of `mic` with `ref` at the lag (0..max_lag, `ref` starting max_lag
+    earlier) where their cross-correlation peaks."""
+    n = len(mic)
+    size = 1 << int(np.ceil(np.log2(len(ref) + n)))
+    corr = np.fft.irfft(np.conj(np.fft.rfft(mic, size)) * np.fft.rfft(ref, size), size)[: max_lag + 1]
+    d = int(np.argmax(corr[::-1]))
+    aligned = ref[max_lag - d : max_lag - d + n]
+    denom = float(np.dot(aligned, aligned)) * float(np.dot(mic, mic))
+    return float(np.dot(mic, aligned)) / np.sqrt(denom) if denom > 0 else 0.0
 
 
 @dataclass

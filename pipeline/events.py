@@ -40,6 +40,7 @@ class SpeechEnded:
     last_voiced: float
     decided_at: float
     audio: np.ndarray  # 16 kHz mono float32, the whole utterance with padding
+    continued: bool = False  # cut by the length cap while the user talks on: a SpeechStarted follows at once
 
 
 VADEvent = SpeechStarted | SpeechPaused | SpeechResumed | SpeechEnded
@@ -73,6 +74,7 @@ class TurnMetrics:
     llm_first_token_at: float | None = None
     first_phrase_at: float | None = None
     tts_first_chunk_at: float | None = None
+    tts_last_chunk_at: float | None = None  # the reply's final chunk was generated (not yet played)
     first_audio_played_at: float | None = None
     agent_stopped_at: float | None = None
     barge_in_at: float | None = None  # onset of the user speech that interrupted this reply
@@ -107,6 +109,7 @@ class TurnMetrics:
                 "user_started": self.user_started,
                 "user_last_voiced": self.user_last_voiced,
                 "first_audio_played": self.first_audio_played_at,
+                "generation_ended": self.tts_last_chunk_at,
                 "agent_stopped": self.agent_stopped_at,
                 "barge_in": self.barge_in_at,
             },

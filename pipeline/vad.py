@@ -79,7 +79,10 @@ class VADOptions:
     # than the hangover can gain at most (hangover - pause) from them
     hangover_ms: int = 500  # silence that ends the utterance (the endpoint)
     pad_ms: int = 200  # audio kept before the onset and after the last voiced window
-    max_utterance_s: float = 30.0  # a longer monologue is cut into utterances, so memory stays bounded
+    # a longer monologue is cut into utterances, so memory stays bounded and every Whisper pass is
+    # short: audio + 1 s margin up to 20 s takes the short-window path (stt/whisper.py max_window_s);
+    # a 30 s pass took 6-8 s on 2 cores, or stopped after its first sentence (LibriVox reading)
+    max_utterance_s: float = 18.0
     max_gain_db: float = 24.0  # quiet input is boosted up to this much before the model (0 = off)
     silence_dbfs: float = -80.0  # windows below this level are digital silence: the model is not run
 
@@ -265,14 +268,28 @@ class VADSegmenter:
                     self._to_idle()
         # cut before the next window would push the utterance past max_utterance_s
         if self._state == "speech" and self._pos - self._buf_pos + WINDOW > self._max:
-            events.append(self._end(self._t_end, cut=True))
-            if voiced:  # still talking: carry on in a new utterance that starts here
-                self._state, self._started, self._voiced_w = "speech", self._t_end, self._min_w
-                self._buf, self._buf_pos = [], self._pos
-                self._last_voiced, self._last_voiced_pos = self._t_end, self._pos
-                self._preroll.clear()
-                events.append(SpeechStarted(self._started))
+            if voiced:  # still talking: carry on in a new utterance, split where it is quietest
+                events += self._split()
+            else:
+                events.append(self._end(self._t_end, cut=True))
         return events
+
+    def _split(self) -> list[VADEvent]:
+        """Cut a monologue at its quietest window of the last second (likely between two words,
+        so no word is torn across two transcripts); the rest starts the next utterance at once."""
+        audio = np.concatenate(self._buf)
+        last = audio[max(0, len(audio) - STT_RATE) :]
+        n = len(last) // WINDOW
+        energy = np.mean(last[len(last) - n * WINDOW :].reshape(n, WINDOW) ** 2, axis=1)
+        k = len(audio) - (n - int(np.argmin(energy))) * WINDOW  # samples kept in this utterance
+        at = self._time(self._buf_pos + k)
+        ended = SpeechEnded(self._started, at, self._t_end, audio[:k], continued=True)
+        self._state, self._started, self._voiced_w, self._silent_w = "speech", at, self._min_w, 0
+        self._buf, self._buf_pos = [audio[k:]], self._buf_pos + k
+        self._last_voiced, self._last_voiced_pos = self._t_end, self._pos
+        self._preroll.clear()
+        self._paused = False
+        return [ended, SpeechStarted(at)]
 
     def _end(self, decided_at: float, cut: bool = False) -> SpeechEnded:
         audio = np.concatenate(self._buf)

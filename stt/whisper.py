@@ -142,7 +142,9 @@ class WhisperEngine:
             language=self.options.language if self._multilingual else None,
             beam_size=self.options.beam_size,
             condition_on_previous_text=False,
-            without_timestamps=True,
+            # long speech without timestamp tokens: the decoder may stop after its first sentence
+            # (measured: 20 of 92 words of 30 s of reading); with them it goes on segment by segment
+            without_timestamps=len(audio) <= 10 * _RATE,
             vad_filter=False,
             initial_prompt=prompt,
         )

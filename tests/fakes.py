@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,12 +22,14 @@ class FakeTranscription:
 class FakeSTT:
     """Returns scripted transcripts in order; records the audio lengths it was given."""
 
-    def __init__(self, texts: list[str]) -> None:
+    def __init__(self, texts: list[str], delay_s: float = 0.0) -> None:
         self.texts = list(texts)
         self.calls: list[int] = []
+        self.delay_s = delay_s  # real seconds per call (runs in a worker thread, as Whisper does)
 
     def transcribe(self, audio: np.ndarray) -> FakeTranscription:
         self.calls.append(len(audio))
+        time.sleep(self.delay_s)
         return FakeTranscription(self.texts.pop(0) if self.texts else "")
 
 

@@ -81,7 +81,8 @@ async def test_barge_in_over_the_agents_own_echo_on_the_real_stack():
         assert onset <= mt["agent_stopped"] < onset + 0.6, "the agent talked on over the user"
         assert 0 < reply["timings_ms"]["barge_in_to_silence"] < 500
         heard, said = reply["heard_text"].split(), reply["agent_text"].split()
-        assert heard and len(heard) < len(said) and said[: len(heard) - 1] == heard[:-1], reply
+        # (all of a short reply may have been heard when the cut-in came with its last word)
+        assert heard and len(heard) <= len(said) and said[: len(heard) - 1] == heard[:-1], reply
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ def agent_voice() -> list[np.ndarray]:
 
 
 def run(agent22k: np.ndarray, echo_db: float | None, delay_ms: float, user: np.ndarray | None, user_at: float,
-        cancel: bool = True) -> list[float]:
+        cancel: bool = True, min_speech_ms: int | None = None) -> list[float]:
     """Play the agent at 24 kHz, build the mic at 16 kHz (echo + optional user), return speech starts."""
     played = resample(agent22k, 22050, 24000)
     agent16 = resample(agent22k, 22050, 16000)
@@ -41,6 +41,8 @@ def run(agent22k: np.ndarray, echo_db: float | None, delay_ms: float, user: np.n
         mic[i : i + len(user)] += user[: n - i]
     canceller = EchoCanceller() if cancel else None
     segmenter = VADSegmenter(VADOptions(), SileroVAD())
+    if min_speech_ms is not None:  # what the session asks for while the agent speaks (barge-in)
+        segmenter.set_min_speech_ms(min_speech_ms)
     starts: list[float] = []
     out_frames = frames_from_array(np.concatenate([played, np.zeros(24000, np.float32)]), 24000)
     for out, inp in zip(out_frames, frames_from_array(mic, 16000)):
@@ -87,6 +89,19 @@ def test_without_an_echo_path_the_user_is_heard_over_the_agent(agent_voice):
     for reply in agent_voice:
         starts = run(reply, None, 0, user, user_at=1.5)
         assert len(starts) == 1 and 1.5 < starts[0] < 2.3, starts
+
+
+def test_a_user_cutting_in_at_the_first_word_of_the_first_reply_is_heard(agent_voice):
+    """Cold start with a headset: no echo path is known (there is none) when the user talks over
+    the agent's first words, quieter than the agent's output. Their words are held until the
+    canceller sees that the agent's voice explains none of them, then pass: the turn starts."""
+    user, rate = read_audio(DATA / "goforward.wav")
+    user = resample(user, rate, 16000)
+    user = user[int(0.4 * 16000):]  # the clip's leading silence: words start at once
+    for reply in agent_voice:
+        user = user * (_active_rms(reply) * 10 ** (-6 / 20) / _active_rms(user))
+        starts = run(reply, None, 0, user, user_at=0.05)
+        assert starts and 0.05 <= starts[0] < 0.6, starts
 
 
 def test_a_window_with_little_echo_does_not_replace_a_known_path():

@@ -103,3 +103,58 @@ async def test_llm_error_mid_reply_then_conversation_goes_on():
     assert a.error and b.error is None and b.heard_text == "Fine again."
     assert [x.role for x in rig.turns.conversation.messages] == ["user", "assistant", "user", "assistant"]
     assert_history_is_heard(rig)
+
+
+async def test_a_monologue_cut_by_the_vad_gets_one_reply_at_its_real_end():
+    """The VAD cuts speech longer than max_utterance_s into pieces (`continued`): no piece is
+    answered while the user talks on, and the reply sees all of their words as one turn."""
+    async with Rig(["first half of a long story", "and its end"], ["What a story."]) as rig:
+        t0 = rig.clock.now()
+        await rig.turns.handle(SpeechStarted(t0))
+        await settle(rig.clock, 30.0)
+        cut = rig.clock.now()
+        await rig.turns.handle(SpeechEnded(t0, cut, cut, np.zeros(16000 * 30, np.float32), continued=True))
+        await rig.turns.handle(SpeechStarted(cut))
+        for _ in range(30):
+            await settle(rig.clock, 1.0)
+            assert rig.turns.state is State.USER_SPEAKING and not rig.llm.requests
+        last = rig.clock.now()
+        await settle(rig.clock, 0.5)
+        await rig.turns.handle(SpeechEnded(cut, last, rig.clock.now(), AUDIO))
+        await rig.turns.wait_reply()
+    (m,) = rig.turns.turns
+    assert m.user_started == t0 and m.heard_text == "What a story."
+    (request,) = rig.llm.requests
+    assert request[-1] == {"role": "user", "content": "first half of a long story and its end"}
+    assert [(x.role, x.text) for x in rig.turns.conversation.messages] == [
+        ("user", "first half of a long story and its end"), ("assistant", "What a story.")]
+
+
+async def test_speaking_again_before_the_reply_began_keeps_every_word_and_the_last_turn_intact():
+    """The user goes on while their words are still being transcribed (no reply started yet):
+    that reply is cancelled, their words are kept and joined with what follows, and the barge-in
+    is charged to the cancelled turn, not to the agent's previous, finished reply."""
+    async with Rig(["hello", "what is the weather", "in Paris"], ["Hi there.", "Sunny in Paris."]) as rig:
+        await rig.user_says()
+        await rig.turns.wait_reply()
+        rig.stt.delay_s = 0.3  # the final transcript of the next turn takes a while
+        before = asyncio.all_tasks()
+        t = rig.clock.now()
+        await rig.turns.handle(SpeechStarted(t))
+        await settle(rig.clock, 1.0)
+        await rig.turns.handle(SpeechEnded(t, t + 0.5, rig.clock.now(), AUDIO))
+        await asyncio.sleep(0.05)  # the transcript is on its way
+        assert rig.turns.state is State.THINKING and len(rig.llm.requests) == 1
+        rig.stt.delay_s = 0.0
+        await rig.user_says()
+        await rig.turns.wait_reply()
+        await rig.turns.aclose()
+        assert not _leftover_tasks(before)
+    first, cancelled, last = rig.turns.turns
+    assert not first.interrupted and first.heard_text == "Hi there."
+    assert cancelled.interrupted and cancelled.user_text == "what is the weather" and not cancelled.heard_text
+    assert rig.llm.requests[-1][-1] == {"role": "user", "content": "what is the weather in Paris"}
+    assert [(x.role, x.text) for x in rig.turns.conversation.messages] == [
+        ("user", "hello"), ("assistant", "Hi there."), ("user", "what is the weather in Paris"),
+        ("assistant", "Sunny in Paris.")]
+    assert_history_is_heard(rig)

@@ -335,10 +335,13 @@ def test_long_monologue_is_cut_into_bounded_utterances(vad: SileroVAD) -> None:
     events, seg = segment(x, vad=vad)
     utts = ended(events)
     assert len(utts) >= 3 and letters(events).count("S") == len(utts)
-    assert all(len(u.audio) <= 30 * RATE for u in utts)
-    # cut utterances follow each other without a gap: the next one starts where the last was cut
+    assert all(len(u.audio) <= VADOptions().max_utterance_s * RATE for u in utts)
+    # cut utterances follow each other without a gap: the next one starts where the last was cut,
+    # at its quietest window of the last second (between words, not at an arbitrary sample)
     for u, nxt in zip(utts, utts[1:]):
-        assert nxt.started == pytest.approx(u.decided_at)
+        assert nxt.started == pytest.approx(u.last_voiced) and u.decided_at - 1.0 <= u.last_voiced <= u.decided_at
+    # ... and say so: the turn manager must not answer a piece the user is still talking through
+    assert [u.continued for u in utts] == [True] * (len(utts) - 1) + [False]
     covered = sum(u.last_voiced - u.started for u in utts)
     assert covered >= 0.97 * (len(x) / RATE - LEAD - TAIL)
     assert seg.buffered_samples == 0  # flushed
