@@ -270,11 +270,7 @@ class EchoCanceller:
         ref = self._ref_segment(start - self._max_lag, n + self._max_lag)
         if float(np.mean(ref**2)) < 1e-6 or float(np.mean(mic**2)) < 1e-8:
             return  # agent silent or mic silent: nothing to learn from
-        size = 1 << int(np.ceil(np.log2(len(ref) + n)))
-        # corr[k] = sum_i mic[i] * ref[i + k]; a delay d means ref offset k = max_lag - d
-        corr = np.fft.irfft(np.conj(np.fft.rfft(mic, size)) * np.fft.rfft(ref, size), size)[: self._max_lag + 1]
-        d = int(np.argmax(corr[::-1]))
-        aligned = ref[self._max_lag - d : self._max_lag - d + n]
+        d, aligned = _best_lag(mic, ref, self._max_lag)
         denom = float(np.dot(aligned, aligned))
         if denom <= 0:
             return
@@ -309,14 +305,20 @@ class _Held:
     user: bool = False
 
 
-def _best_correlation(mic: np.ndarray, ref: np.ndarray, max_lag: int) -> float:
-    """Normalized correlation of `mic` with `ref` at the lag (0..max_lag, `ref` starting max_lag
-    earlier) where their cross-correlation peaks."""
+def _best_lag(mic: np.ndarray, ref: np.ndarray, max_lag: int) -> tuple[int, np.ndarray]:
+    """The delay (0..max_lag samples; `ref` starts max_lag before `mic`) where the two correlate
+    most, and `ref` aligned to `mic` at it."""
     n = len(mic)
     size = 1 << int(np.ceil(np.log2(len(ref) + n)))
+    # corr[k] = sum_i mic[i] * ref[i + k]; a delay d means ref offset k = max_lag - d
     corr = np.fft.irfft(np.conj(np.fft.rfft(mic, size)) * np.fft.rfft(ref, size), size)[: max_lag + 1]
     d = int(np.argmax(corr[::-1]))
-    aligned = ref[max_lag - d : max_lag - d + n]
+    return d, ref[max_lag - d : max_lag - d + n]
+
+
+def _best_correlation(mic: np.ndarray, ref: np.ndarray, max_lag: int) -> float:
+    """Normalized correlation of `mic` with `ref` at their best lag."""
+    _, aligned = _best_lag(mic, ref, max_lag)
     denom = float(np.dot(aligned, aligned)) * float(np.dot(mic, mic))
     return float(np.dot(mic, aligned)) / np.sqrt(denom) if denom > 0 else 0.0
 
