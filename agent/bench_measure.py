@@ -101,6 +101,9 @@ def _gaps(peak: np.ndarray, first: int, last: int) -> tuple[int, float]:
     return gaps, frames * 20.0
 
 
+REPLY_ENDING_MS = 300.0
+
+
 def _barge(times: np.ndarray, voiced: np.ndarray, onset: float, server: dict | None) -> dict:
     idx = np.nonzero(times >= onset)[0]
     rec: dict = {"detected": bool(server and server["interrupted"]),
@@ -113,4 +116,6 @@ def _barge(times: np.ndarray, voiced: np.ndarray, onset: float, server: dict | N
     if speaking:
         end = _reply_end(times, voiced, j0, None)
         rec["client_ms"] = round(max(0.0, times[end] - onset) * 1000, 1)
+        # the reply ended by itself as the user began: nothing was left to cut (not a miss)
+        rec["reply_ending"] = bool(not rec["detected"] and rec["client_ms"] < REPLY_ENDING_MS)
     return rec

@@ -96,7 +96,7 @@ def summarize(conversations: list[dict]) -> dict:
     turns = [t for c in conversations for t in c["turns"]]
     server = [t["server"] for t in turns if t.get("server")]
     barges = [t["barge_in"] for t in turns if t.get("barge_in")]
-    speaking = [b for b in barges if b.get("agent_was_speaking")]
+    speaking = [b for b in barges if b.get("agent_was_speaking") and not b.get("reply_ending")]
     echo_turns = [t for t in turns if t["echo"]]
     answered = [t for t in turns if t.get("v2v_client_ms") is not None]
     stages = {"uplink": stats(t.get("uplink_ms") for t in turns),
@@ -111,6 +111,7 @@ def summarize(conversations: list[dict]) -> dict:
         "stages_ms": stages,
         "barge_ins": len(barges),
         "barge_ins_while_speaking": len(speaking),
+        "barge_ins_as_the_reply_ended": sum(bool(b.get("reply_ending")) for b in barges),
         "barge_ins_detected": sum(b["detected"] for b in speaking),
         "barge_in_to_silence_client_ms": stats(b.get("client_ms") for b in speaking),
         "barge_in_to_silence_server_ms": stats(b.get("server_ms") for b in speaking),
@@ -185,7 +186,8 @@ def summary_lines(doc: dict) -> list[str]:
                   f"  voice-to-voice, client: {f(s['v2v_client_ms'])}",
                   f"  voice-to-voice, server: {f(s['v2v_server_ms'])}",
                   f"  barge-in → silence, client: {f(s['barge_in_to_silence_client_ms'])}; detected "
-                  f"{s['barge_ins_detected']}/{s['barge_ins_while_speaking']}",
+                  f"{s['barge_ins_detected']}/{s['barge_ins_while_speaking']} (and "
+                  f"{s.get('barge_ins_as_the_reply_ended', 0)} as the reply ended by itself)",
                   f"  self-interruptions: {s['self_interruptions']} ({s['echo_turns']} echo turns); underruns: "
                   f"server playout {s['underruns_server_playout']} frames, TTS {s['underruns_server_tts']}; "
                   f"client silence gaps {s['underruns_client']} (include the voice's own pauses)",

@@ -8,11 +8,30 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from agent.bench import BARGE_POINTS, parse_compare, plan
-from agent.bench_report import stats, verdict
+from agent.bench_measure import _barge
+from agent.bench_report import stats, summarize, verdict
+
+
+@pytest.mark.parametrize("talks_on_s, server_interrupted, ending", [
+    (0.1, False, True),  # the reply ended by itself as the user began: nothing to cut
+    (1.0, False, False),  # the agent talked on over the user: a miss
+    (0.1, True, False),  # cut by the barge-in
+])
+def test_a_cut_in_as_the_reply_ends_is_not_counted_as_missed(talks_on_s, server_interrupted, ending):
+    times = np.arange(0, 5, 0.02)
+    voiced = times < 2.0 + talks_on_s  # the agent is heard until then; the user starts at 2.0 s
+    server = {"interrupted": server_interrupted, "timings_ms": {"barge_in_to_silence": None}}
+    rec = _barge(times, voiced, 2.0, server)
+    assert rec["agent_was_speaking"] and rec["reply_ending"] is ending
+    turn = {"barge_in": rec, "echo": False, "self_interruptions": 0, "v2v_client_ms": None}
+    s = summarize([{"turns": [turn], "connect_ms": 50.0}])
+    assert s["barge_ins_while_speaking"] == (0 if ending else 1)
+    assert s["barge_ins_as_the_reply_ended"] == int(ending)
 
 
 def test_plan_covers_dialogues_barge_ins_and_echo():
