@@ -404,7 +404,8 @@ class TurnManager:
             if self.tts.last_metrics is not None and self.tts.last_metrics.request_id == rid:
                 m.tts = {**self.tts.last_metrics.as_dict(), **m.tts}
             m.tts["playout_underrun_frames"] = self.playout.underruns - underruns_before  # output starved
-            self.conversation.add_agent(m.heard_text, m.interrupted or _cancelled())
+            if m.heard_text or m.first_audio_played_at is not None:  # nothing played: nothing was said
+                self.conversation.add_agent(m.heard_text, m.interrupted or _cancelled())
             self.playout.forget(rid)
             self.on_event({"type": "turn", "metrics": m.as_dict()})
             if self._reply is asyncio.current_task():

@@ -158,3 +158,20 @@ async def test_speaking_again_before_the_reply_began_keeps_every_word_and_the_la
         ("user", "hello"), ("assistant", "Hi there."), ("user", "what is the weather in Paris"),
         ("assistant", "Sunny in Paris.")]
     assert_history_is_heard(rig)
+
+
+async def test_going_on_while_the_agent_thinks_leaves_one_user_turn_and_no_empty_reply():
+    """The user speaks again while the LLM is still on its first token: nothing was played, so the
+    history holds no agent turn for it (no "you were interrupted" note about silence), and the
+    user's words form one turn."""
+    async with Rig(["what is the weather", "in Paris"], ["Unheard.", "Sunny in Paris."]) as rig:
+        rig.llm.ttft_s = 1.0
+        await rig.user_says()
+        await settle(rig.clock, 0.2)
+        assert rig.turns.state is State.THINKING
+        rig.llm.ttft_s = 0.1
+        await rig.user_says()
+        await rig.turns.wait_reply()
+    assert [(x.role, x.text) for x in rig.turns.conversation.messages] == [
+        ("user", "what is the weather in Paris"), ("assistant", "Sunny in Paris.")]
+    assert rig.llm.requests[-1][-1] == {"role": "user", "content": "what is the weather in Paris"}
