@@ -74,7 +74,7 @@ class TurnOptions:
     # max: the LLM writes ~4 words/s on 1 core, so each word waited for is ~250 ms of silence.
     first_phrase_min_words: int = 2
     first_phrase_max_words: int = 5
-    greeting: str | None = None
+    greeting: str | None = None  # said when a session starts (before the user speaks); None: wait
 
 
 @dataclass
@@ -377,9 +377,20 @@ class TurnManager:
         self._record_user(m, transcript.text, transcript.at)
         await self._reply_to(m, self.conversation.for_llm())
 
+    def greet(self) -> None:
+        """Say `options.greeting` as the agent's first turn: a reply like any other (barge-in cuts
+        it, the history keeps what was heard), whose words come from the options, not the LLM."""
+        if not self.options.greeting:
+            return
+        m = TurnMetrics(index=len(self.turns))
+        self.turns.append(m)
+        self._set_state(State.THINKING)
+        self._reply = asyncio.create_task(self._reply_to(m, [], script=self.options.greeting), name="greeting")
+        self._current = m
+
     async def _reply_to(
         self, m: TurnMetrics, messages: list[dict], gate: asyncio.Event | None = None,
-        committed: Callable[[], bool] = lambda: True,
+        committed: Callable[[], bool] = lambda: True, script: str | None = None,
     ) -> None:
         """One reply in one scope: thinking and speaking as children of a TaskGroup. Audio waits for
         `gate` (a preemptive reply); an uncommitted reply leaves no trace when cancelled."""
@@ -391,7 +402,7 @@ class TurnManager:
         underruns_before = self.playout.underruns
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._think(m, messages, phrases, generated))
+                tg.create_task(self._think(m, messages, phrases, generated, script))
                 tg.create_task(self._speak(m, phrases, rid, gate))
         finally:
             if not committed():
@@ -412,14 +423,15 @@ class TurnManager:
                 self._set_state(State.LISTENING)
 
     async def _think(
-        self, m: TurnMetrics, messages: list[dict], phrases: asyncio.Queue[str | None], generated: list[str]
+        self, m: TurnMetrics, messages: list[dict], phrases: asyncio.Queue[str | None], generated: list[str],
+        script: str | None = None,
     ) -> None:
-        """LLM deltas → phrases (first one short). An LLM failure becomes a spoken apology."""
+        """LLM deltas (or a `script`) → phrases (first one short). An LLM failure becomes a spoken apology."""
         splitter = PhraseSplitter(self.options.first_phrase_min_words, self.options.first_phrase_max_words)
         m.llm_request_at = self.clock.now()
         try:
             async with self.clock.working():
-                async for delta in self.llm.stream(messages):
+                async for delta in (_said(script) if script is not None else self.llm.stream(messages)):
                     if m.llm_first_token_at is None:
                         m.llm_first_token_at = self.clock.now()
                     generated.append(delta)
@@ -467,6 +479,10 @@ class TurnManager:
         if state is not self.state:
             self.state = state
             self.on_event({"type": "state", "state": state.value})
+
+
+async def _said(text: str):
+    yield text
 
 
 def _cancelled() -> bool:

@@ -37,6 +37,7 @@ class Session:
     async def run(self, frames: AsyncIterable[AudioFrame]) -> None:
         async with asyncio.TaskGroup() as tg:
             playout = tg.create_task(self.playout.run(), name="playout")
+            self.turns.greet()  # the agent speaks first, if configured
             try:
                 async for frame in frames:
                     clean, bad = sanitize(frame.samples)

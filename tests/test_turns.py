@@ -234,3 +234,28 @@ async def test_without_preemption_nothing_is_prefilled():
     async with Rig(["go forward", "go forward ten meters"], ["Going."], TurnOptions(preemptive=False)) as rig:
         await _speak_with_interims(rig, 1.0)
     assert rig.llm.prefilled == [] and len(rig.llm.requests) == 1
+
+
+async def test_the_greeting_is_a_reply_like_any_other():
+    """`greeting`: said first, without the LLM; kept in the history as heard; barge-in cuts it."""
+    greeting = "Hello there! I am your assistant. Ask me anything you like, any time at all."
+    async with Rig(["stop"], ["Okay."], TurnOptions(greeting=greeting)) as rig:
+        rig.turns.greet()
+        while rig.turns.state is not State.SPEAKING:
+            await settle(rig.clock, 0.01)
+        await settle(rig.clock, 0.5)
+        await rig.user_says(0.3)
+        await rig.turns.wait_reply()
+    hello, answer = rig.turns.turns
+    assert hello.interrupted and hello.heard_text and greeting.startswith(hello.heard_text.rstrip(",."))
+    assert len(rig.llm.requests) == 1, "the greeting went through the LLM"
+    assert [(x.role, x.interrupted) for x in rig.turns.conversation.messages] == [
+        ("assistant", True), ("user", False), ("assistant", False)]
+    assert answer.heard_text == "Okay."
+
+
+async def test_no_greeting_by_default():
+    async with Rig([], []) as rig:
+        rig.turns.greet()
+        await settle(rig.clock, 0.5)
+    assert rig.turns.turns == [] and rig.sink.voiced_times() == []

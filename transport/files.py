@@ -64,6 +64,15 @@ class ScriptedMicrophone:
         async for f in emit(np.zeros(int(self.lead_in_s * rate), np.float32), rate):
             yield f
         interrupting = False
+        if not self.is_idle():  # the agent greets first: wait for it like for any reply (or cut in)
+            begin = t
+            while (not self.is_idle() and t - begin < self.max_wait_s
+                   and not (interrupting := self._time_to_interrupt(t))):
+                async for f in emit(silence, rate):
+                    yield f
+            if not interrupting:
+                async for f in emit(np.zeros(int(self.gap_s * rate), np.float32), rate):
+                    yield f
         for i, (audio, rate) in enumerate(self.turns):
             step = rate * FRAME_MS // 1000
             silence = np.zeros(step, np.float32)
