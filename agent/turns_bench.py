@@ -121,11 +121,12 @@ def _barge_ins(doc: dict, timeline: Path) -> list[dict]:
         if reply is not None:
             mt = reply["media_times"]
             if reply["interrupted"]:
+                said = _played_words(timeline, reply, s["timeline_start"])
                 b.update(outcome="detected", vad_onset_to_silence_ms=reply["timings_ms"]["barge_in_to_silence"],
                          onset_to_silence_ms=round((mt["agent_stopped"] - onset) * 1000, 1),
                          cancellation_ms=reply["tts"].get("cancellation_latency_ms"),
-                         heard_ok=_heard_matches(timeline, reply, s["timeline_start"]),
-                         heard_text=reply["heard_text"])
+                         heard_ok=None if said is None else abs(len(said) - len(reply["heard_text"].split())) <= 1,
+                         heard_text=reply["heard_text"], played_as_transcribed=None if said is None else " ".join(said))
             else:  # too close to the reply's natural end for any listener to cut in
                 b["outcome"] = "reply ending" if mt["agent_stopped"] - onset < 0.3 else "missed"
         found.append(b)
@@ -160,8 +161,8 @@ async def _preemption(config: AgentConfig, clips: list[Path], reps: int = 3) -> 
 _whisper = None
 
 
-def _heard_matches(timeline: Path, turn: dict, t0: float | None) -> bool | None:
-    """Transcribe what the agent channel actually played of this reply; compare word counts."""
+def _played_words(timeline: Path, turn: dict, t0: float | None) -> list[str] | None:
+    """Transcribe what the agent channel actually played of this reply (None: too little to tell)."""
     global _whisper
     from stt.whisper import WhisperEngine, WhisperOptions
 
@@ -176,5 +177,5 @@ def _heard_matches(timeline: Path, turn: dict, t0: float | None) -> bool | None:
     if _whisper is None:
         _whisper = WhisperEngine(WhisperOptions(model="base"))
     said = _whisper.transcribe(resample(piece, rate, 16000)).text.split()
-    return abs(len(said) - len(turn["heard_text"].split())) <= 1
+    return said
 

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.clock import VirtualClock
 from tests.fakes import RecordingSink, settle
+from tts.chunks import words_in_share
 from transport.playout import Playout
 from tts.chunks import AudioChunk
 
@@ -80,3 +81,29 @@ async def test_play_waits_when_too_far_ahead(playing):
         await playout.play(chunk("r1", i, 0.4, f"w{i}"))
     assert clock.now() - t0 >= 2.4  # producer was held back until the buffer drained
     assert playout.buffered_s <= 1.5 + 0.4
+
+
+async def test_forgetting_a_request_mid_reply_drops_its_audio(playing):
+    """A reply cancelled without a flush (a session closing mid-reply) is forgotten while audio of
+    it is queued: that audio must not play, and the playout must not fail on it (it raised a
+    KeyError and took the session down)."""
+    clock, sink, playout = playing
+    for i in range(3):
+        await playout.play(chunk("r1", i, 0.2, f"word{i}"))
+    await settle(clock, 0.1)
+    playout.forget("r1")
+    heard_until = clock.now()
+    await playout.play(chunk("r2", 0, 0.2, "next", final=True))
+    await asyncio.wait_for(playout.drain("r2"), 5)
+    await settle(clock, 0.1)
+    late = [t for t in sink.voiced_times() if t > heard_until + 0.03]
+    assert late and sum(0.02 for _ in late) == pytest.approx(0.2, abs=0.03), "r1 played on after it was forgotten"
+
+
+@pytest.mark.parametrize("share, expected", [
+    (0.0, 0), (0.01, 0), (0.05, 1), (0.3, 1), (0.5, 2), (0.9, 3), (0.99, 4), (1.0, 4),
+])
+def test_words_in_a_share_of_the_audio_go_by_letters(share, expected):
+    # "a" is over in the first 4% of the phrase; "unfortunately" fills half of it
+    words = ["a", "unfortunately", "long", "day"]
+    assert words_in_share(words, share) == expected

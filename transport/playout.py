@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.audio import AudioFrame, StreamResampler
 from pipeline.clock import Clock
-from tts.chunks import AudioChunk
+from tts.chunks import AudioChunk, words_in_share
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class Playout:
             if total and played >= total:
                 words += w
             elif total and played:
-                words += w[: round(len(w) * played / total)]
+                words += w[: words_in_share(w, played / total)]
         return " ".join(words)
 
     @property
@@ -134,6 +134,13 @@ class Playout:
         return self._last_rid
 
     def forget(self, request_id: str) -> None:
+        """Drop the ledger of a finished request, and any of its audio still queued: a reply
+        cancelled without a flush (a session closing mid-reply) must not play on, unowned."""
+        if any(item[0] == request_id for item in self._queue):
+            log.debug("dropping queued audio of forgotten request %s", request_id)
+            self._queue = deque(item for item in self._queue if item[0] != request_id)
+            self._queued = sum(len(s) for _, _, s in self._queue)
+            self._space.set()
         self._requests.pop(request_id, None)
 
     @property

@@ -84,3 +84,19 @@ class TTSMetrics:
 
 def _r(x: float | None, nd: int = 1) -> float | None:
     return None if x is None else round(x, nd)
+
+
+def words_in_share(words: list[str], share: float) -> int:
+    """How many of a phrase's words lie in its first `share` of audio: a word counts once over
+    half of it is in. Speech time follows letters (phonemes) more than word count, so positions
+    go by characters: "a" takes far less time than "unfortunately"."""
+    if share <= 0 or not words:
+        return 0
+    if share >= 1:
+        return len(words)
+    ends, at = [], 0
+    for w in words:
+        ends.append((at + len(w) / 2, at + len(w)))
+        at += len(w) + 1  # the space: a short pause
+    cut = share * (at - 1)
+    return sum(1 for mid, _ in ends if mid <= cut)

@@ -24,7 +24,7 @@ from typing import AsyncIterable, AsyncIterator, Callable, Iterator
 import numpy as np
 
 from tts.cache import PhraseCache
-from tts.chunks import AudioChunk, TTSMetrics
+from tts.chunks import AudioChunk, TTSMetrics, words_in_share
 from tts.engine import TTSEngine
 from tts.text import PhraseSplitter, normalize_for_speech
 
@@ -222,9 +222,8 @@ class StreamingTTS:
                         out, rest = samples[:want], samples[want:]
                         buf, held = ([rest], rest.size) if rest.size else ([], 0)
                         done_samples += out.size
-                        upto = len(words) if last and not held else min(
-                            len(words), round(len(words) * done_samples / max(total, done_samples, 1))
-                        )
+                        upto = len(words) if last and not held else words_in_share(
+                            words, done_samples / max(total, done_samples, 1))
                         span, said = " ".join(words[said:upto]), max(said, upto)
                         self._check(req)
                         yield emit(out, span)
