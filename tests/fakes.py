@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -96,3 +97,24 @@ async def settle(clock: Clock, seconds: float) -> None:
     """Let the virtual clock run for `seconds` of media time."""
     await clock.sleep_until(clock.now() + seconds)
     await asyncio.sleep(0)
+
+
+@contextlib.asynccontextmanager
+async def fake_llm_endpoint(chat):
+    """A fake OpenAI-compatible server on 127.0.0.1 (aiohttp) that lists one model and answers
+    chat completions with `chat(request)`; yields its `/v1` URL."""
+    from aiohttp import web
+
+    async def models(_):
+        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "x"}]})
+
+    app = web.Application()
+    app.add_routes([web.get("/v1/models", models), web.post("/v1/chat/completions", chat)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+    finally:
+        await runner.cleanup()

@@ -24,6 +24,7 @@ from agent.turns import APOLOGY
 from pipeline.audio import resample
 from stt.whisper import WhisperEngine, WhisperOptions
 from tests.conftest import DATA, words
+from tests.fakes import fake_llm_endpoint
 
 pytestmark = pytest.mark.models
 
@@ -89,21 +90,11 @@ async def test_barge_in_over_the_agents_own_echo_on_the_real_stack():
 async def failing_llm():
     """An OpenAI-compatible endpoint that lists models but fails every chat request."""
 
-    async def models(_):
-        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "x"}]})
-
     async def chat(_):
         return web.json_response({"error": {"message": "model crashed"}}, status=500)
 
-    app = web.Application()
-    app.add_routes([web.get("/v1/models", models), web.post("/v1/chat/completions", chat)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}/v1"
-    await runner.cleanup()
+    async with fake_llm_endpoint(chat) as url:
+        yield url
 
 
 async def test_llm_failing_mid_conversation_gets_a_spoken_apology(failing_llm, tmp_path):

@@ -18,6 +18,7 @@ from aiohttp import web
 from agent.config import load_config
 from agent.converse import converse
 from tests.conftest import DATA, words
+from tests.fakes import fake_llm_endpoint
 from tests.test_vad import energetic_span
 
 pytestmark = pytest.mark.models
@@ -31,9 +32,6 @@ async def long_reply_llm():
     """An OpenAI-compatible endpoint that streams the same long reply at once (a fake LLM, so the
     reply's length does not depend on what Qwen feels like saying; everything else is real)."""
 
-    async def models(_):
-        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "x"}]})
-
     async def chat(request):
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
@@ -44,14 +42,8 @@ async def long_reply_llm():
         await resp.write(b"data: [DONE]\n\n")
         return resp
 
-    app = web.Application()
-    app.add_routes([web.get("/v1/models", models), web.post("/v1/chat/completions", chat)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
-    await runner.cleanup()
+    async with fake_llm_endpoint(chat) as url:
+        yield url
 
 
 async def _converse(clips, config=None, **kw) -> dict:
