@@ -180,7 +180,7 @@ class TurnManager:
                 self._reply = p.task
             else:
                 self._discard(p)
-                self._reply, self._current = asyncio.create_task(self._turn(m, final), name=f"turn-{m.index}"), m
+                self._start_reply(m, self._turn(m, final), f"turn-{m.index}")
         elif isinstance(event, SpeechPaused):
             self.transcriber.handle(event)  # the speculative final pass starts
             spec = self.transcriber.speculation()
@@ -255,7 +255,11 @@ class TurnManager:
         m.user_last_voiced, m.endpoint_at = event.last_voiced, event.decided_at
         self.turns.append(m)
         self._set_state(State.THINKING)
-        self._reply, self._current = asyncio.create_task(self._turn(m, final), name=f"turn-{m.index}"), m
+        self._start_reply(m, self._turn(m, final), f"turn-{m.index}")
+
+    def _start_reply(self, m: TurnMetrics, body, name: str) -> None:
+        """The reply in flight, and the turn a barge-in will mark as interrupted."""
+        self._reply, self._current = asyncio.create_task(body, name=name), m
 
     def _keep_words(self, words: Awaitable, m: TurnMetrics | None = None) -> None:
         """User words no reply will answer (a monologue piece cut by the VAD, or a turn whose reply
@@ -273,18 +277,17 @@ class TurnManager:
                     m.user_text, m.stt_final_at = text, at
                 self.on_event({"type": "transcript", "final": True, "text": text, "turn": m.index if m else None})
 
-        self._words = asyncio.create_task(keep(), name="user-words")
-        self._background.add(self._words)
-        self._words.add_done_callback(self._background.discard)
+        self._words = self._spawn(keep())
 
     async def _words_kept(self) -> None:
         if self._words is not None:
             await asyncio.gather(self._words, return_exceptions=True)
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     def _interim(self, t: Transcript) -> None:
         if not t.final:
@@ -385,8 +388,7 @@ class TurnManager:
         m = TurnMetrics(index=len(self.turns))
         self.turns.append(m)
         self._set_state(State.THINKING)
-        self._reply = asyncio.create_task(self._reply_to(m, [], script=self.options.greeting), name="greeting")
-        self._current = m
+        self._start_reply(m, self._reply_to(m, [], script=self.options.greeting), "greeting")
 
     async def _reply_to(
         self, m: TurnMetrics, messages: list[dict], gate: asyncio.Event | None = None,

@@ -138,9 +138,7 @@ class Playout:
         cancelled without a flush (a session closing mid-reply) must not play on, unowned."""
         if any(item[0] == request_id for item in self._queue):
             log.debug("dropping queued audio of forgotten request %s", request_id)
-            self._queue = deque(item for item in self._queue if item[0] != request_id)
-            self._queued = sum(len(s) for _, _, s in self._queue)
-            self._space.set()
+            self.flush(request_id)
         self._requests.pop(request_id, None)
 
     @property

@@ -94,9 +94,9 @@ def words_in_share(words: list[str], share: float) -> int:
         return 0
     if share >= 1:
         return len(words)
-    ends, at = [], 0
+    mids, at = [], 0
     for w in words:
-        ends.append((at + len(w) / 2, at + len(w)))
+        mids.append(at + len(w) / 2)
         at += len(w) + 1  # the space: a short pause
     cut = share * (at - 1)
-    return sum(1 for mid, _ in ends if mid <= cut)
+    return sum(1 for mid in mids if mid <= cut)
