@@ -24,11 +24,14 @@ import asyncio
 import contextlib
 import copy
 import fractions
+import functools
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
@@ -40,6 +43,9 @@ from agent.bench_measure import VOICED_RMS, analyse
 from agent.config import AgentConfig, _set, load_config
 from pipeline.audio import read_audio, resample
 from transport.client import AgentCall
+
+if TYPE_CHECKING:
+    from agent.stack import AgentStack
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 CLIPS = ["librivox-0880.wav", "goforward.wav", "librivox-0920.wav", "cards/005.wav", "librivox-0870.wav"]
@@ -206,6 +212,10 @@ def _first_voiced(call: AgentCall, since: float) -> float | None:
     return None
 
 
+def _turn_since(call: AgentCall, since: float) -> bool:
+    return any(e["type"] == "turn" for e, t in zip(call.events, call.event_times) if t >= since)
+
+
 def _quiet_for(call: AgentCall, seconds: float) -> bool:
     recent = [s for t, s, _ in call.audio if t >= time.monotonic() - seconds]
     return len(recent) >= int(seconds * 40) and all(float(np.sqrt(np.mean(s * s))) <= VOICED_RMS for s in recent)
@@ -222,18 +232,18 @@ async def run_conversation(url: str, conv: Conversation, gap_s: float = 0.8, ech
         connect_ms = (time.monotonic() - t_connect) * 1000
         await asyncio.sleep(0.3)
         clip = mic.say(*_clip(conv.steps[0].clip), conv.steps[0].clip)
-        for i, step in enumerate(conv.steps):
-            if not await _until(lambda: clip.done.is_set(), 30):
+        for i in range(len(conv.steps)):
+            if not await _until(clip.done.is_set, 30):
                 raise RuntimeError(f"the mic never sent {clip.name}")
             nxt = conv.steps[i + 1] if i + 1 < len(conv.steps) else None
             ve = clip.voiced_end
+            assert ve is not None, "the mic sets voiced_end before it sets done"
             if nxt is not None and nxt.barge_after_s is not None:
-                first = await _until(lambda: _first_voiced(call, ve), reply_timeout_s)
+                first = await _until(functools.partial(_first_voiced, call, ve), reply_timeout_s)
                 if first is not None:
                     await asyncio.sleep(max(0.0, first + nxt.barge_after_s - time.monotonic()))
             else:
-                await _until(lambda: any(e["type"] == "turn" for e, t in zip(call.events, call.event_times)
-                                         if t >= ve), reply_timeout_s)
+                await _until(functools.partial(_turn_since, call, ve), reply_timeout_s)
                 await _until(lambda: _quiet_for(call, 0.3), 30)
                 await asyncio.sleep(gap_s)
             if nxt is not None:
@@ -282,7 +292,8 @@ async def _served(stack, max_sessions: int):
         await runner.cleanup()
 
 
-async def _stack_for(ex: contextlib.AsyncExitStack, base, cfg: AgentConfig, progress):
+async def _stack_for(ex: contextlib.AsyncExitStack, base: AgentStack | None, cfg: AgentConfig,
+                     progress: Callable[[str], None]) -> AgentStack:
     """A stack for `cfg`: shares the base stack's LLM server unless the LLM settings differ."""
     from agent.stack import AgentStack, load_stack
 
@@ -309,7 +320,7 @@ async def run_bench(config: AgentConfig | None = None, turns: int = 10, sessions
     gap = 0.3 if fast_start else 0.8
     async with contextlib.AsyncExitStack() as ex:
         targets: list[tuple[str, str]] = []
-        stacks = []
+        stacks: list[AgentStack] = []
         if url:
             targets.append(("remote", url.rstrip("/")))
         for v in ([] if url else values):
@@ -349,17 +360,26 @@ async def _run_all(url: str, convs: list[Conversation], gap: float, in_process: 
     return [await run_conversation(url, c, gap_s=gap, in_process=in_process) for c in convs]
 
 
-async def _browser(stack, convs: list[Conversation], progress) -> dict:
-    """The plain-turn scenario through headless Chromium; the page measures voice-to-voice itself."""
+def _browser_demo() -> ModuleType:
+    """demos/browser_call.py (not a package), loaded from its file; Chromium must be installed."""
     import importlib.util
 
-    if stack is None:
-        raise ValueError("--browser drives an in-process server; leave out --url")
-    spec = importlib.util.spec_from_file_location("browser_call", DATA.parents[1] / "demos" / "browser_call.py")
+    path = DATA.parents[1] / "demos" / "browser_call.py"
+    spec = importlib.util.spec_from_file_location("browser_call", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     if not Path(mod.CHROMIUM).exists():
         raise FileNotFoundError(f"{mod.CHROMIUM} not found; install it with `apt-get install -y chromium`")
+    return mod
+
+
+async def _browser(stack, convs: list[Conversation], progress) -> dict:
+    """The plain-turn scenario through headless Chromium; the page measures voice-to-voice itself."""
+    if stack is None:
+        raise ValueError("--browser drives an in-process server; leave out --url")
+    mod = _browser_demo()
     clips = [DATA / s.clip for c in convs if c.kind == "dialogue" for s in c.steps][:4] or [DATA / CLIPS[0]]
     progress(f"browser: {len(clips)} plain turn(s) through headless Chromium…")
     result = await mod.browser_call(stack, clips, None, timeout=120.0)

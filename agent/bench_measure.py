@@ -31,6 +31,7 @@ def analyse(call: AgentCall, mic: BenchMic, conv: Conversation, in_process: bool
     out = []
     for i, (step, clip) in enumerate(zip(conv.steps, mic.clips)):
         ve = clip.voiced_end
+        assert ve is not None, "analyse() runs once every clip has been sent"
         nxt = mic.clips[i + 1] if i + 1 < len(mic.clips) else None
         rec: dict = {"conversation": conv.kind, "clip": clip.name, "echo": conv.echo,
                      "barge_after_s": step.barge_after_s}
@@ -55,13 +56,15 @@ def analyse(call: AgentCall, mic: BenchMic, conv: Conversation, in_process: bool
                     rec["downlink_ms"] = round((float(times[first]) - mt["first_audio_played"]) * 1000, 1)
         else:
             rec["server"] = None
-        barged = nxt is not None and conv.steps[i + 1].barge_after_s is not None and nxt.onset is not None
+        # the next clip interrupted this reply: its onset, once sent
+        barge_onset = nxt.onset if nxt is not None and conv.steps[i + 1].barge_after_s is not None else None
+        barged = barge_onset is not None
         if first is not None:
             stop = _reply_end(times, voiced, first, nxt.onset if (nxt and nxt.onset and not barged) else None)
             rec["client_underruns"], rec["client_underrun_ms"] = _gaps(peak, first, stop)
             rec["reply_s"] = round(float(times[stop] - times[first]), 2)
-        if barged:
-            rec["barge_in"] = _barge(times, voiced, nxt.onset, server)
+        if barge_onset is not None:
+            rec["barge_in"] = _barge(times, voiced, barge_onset, server)
         out.append(rec)
     # self-interruptions: the server saw the user start talking while nobody was talking
     states = [t for e, t in zip(call.events, call.event_times) if e.get("state") == "user_speaking"]

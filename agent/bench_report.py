@@ -139,7 +139,7 @@ def verdict(s: dict) -> dict:
         "underruns": s["underruns_server_playout"] == 0 and s["underruns_server_tts"] == 0,
     }
     medians = {k: v["p50"] for k, v in s["stages_ms"].items() if v["p50"] is not None}
-    worst = max(medians, key=medians.get) if medians else None
+    worst = max(medians, key=medians.__getitem__) if medians else None
     out = {"targets": TARGETS, "met": met, "all_met": all(met.values())}
     if not out["all_met"]:
         out["held_back_by"] = {"stage": worst, "median_ms": medians.get(worst)}
@@ -195,7 +195,8 @@ def summary_lines(doc: dict) -> list[str]:
                   f"  targets met: {v['met']}" + (f"; held back by {v['held_back_by']}" if "held_back_by" in v else "")]
     if "load" in doc:
         s = doc["load"]["summary"]
-        lines.append(f"[{doc['load']['sessions']} sessions] v2v client {f(s['v2v_client_ms'])}; cpu {doc['load']['cpu']}")
+        lines.append(f"[{doc['load']['sessions']} sessions] v2v client {f(s['v2v_client_ms'])}; "
+                     f"cpu {doc['load']['cpu']}")
     if "browser" in doc:
         lines.append(f"[browser] v2v client {f(doc['browser']['v2v_client'])}")
     return lines
@@ -212,11 +213,11 @@ def plot(doc: dict, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise RuntimeError("--plot needs matplotlib: pip install 'rejoinder[bench]' (or matplotlib>=3.8)") from None
-    colors = plt.get_cmap("tab10").colors
+    cmap = plt.get_cmap("tab10")  # cmap(i): the i-th of its 10 colors
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [3, 1]})
     x = 0
     ticks, labels = [], []
-    for ci, c in enumerate(doc["configs"]):
+    for c in doc["configs"]:
         for conv in c["conversations"]:
             for t in conv["turns"]:
                 m = {**((t.get("server") or {}).get("timings_ms") or {}),
@@ -226,7 +227,7 @@ def plot(doc: dict, path: Path) -> None:
                 bottom = 0.0
                 for si, s in enumerate(CHART_STAGES):
                     h = max(0.0, m.get(s) or 0.0)
-                    ax.bar(x, h, bottom=bottom, color=colors[si], label=s if x == 0 else None, width=0.8)
+                    ax.bar(x, h, bottom=bottom, color=cmap(si), label=s if x == 0 else None, width=0.8)
                     bottom += h
                 if t.get("v2v_client_ms") is not None:
                     ax.plot(x, t["v2v_client_ms"], "k_", markersize=14, mew=2, label="client v2v" if x == 0 else None)

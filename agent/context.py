@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
 INTERRUPTED_NOTE = "The user interrupted you: they heard only the words above, not the rest of your reply."
 INTERRUPTED_EARLY = "The user interrupted you before they heard anything of your reply."
 

@@ -11,8 +11,8 @@ import logging
 import os
 import platform
 import statistics
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

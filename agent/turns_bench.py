@@ -19,8 +19,8 @@ import os
 import platform
 import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import soundfile as sf
@@ -65,6 +65,7 @@ async def run_turns_bench(config: AgentConfig, delays_ms: tuple[int, ...] = (20,
     detected = [b for b in counted if b["outcome"] == "detected"]
     heard = [b["heard_ok"] for b in detected if b["heard_ok"] is not None]
     med = {k: round(statistics.median(v), 1) if v else None for k, v in v2v.items()}
+    med_on, med_off = med["on"], med["off"]
     return {
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
         "echo": {"db": echo_db, "delays_ms": list(delays_ms)},
@@ -72,7 +73,8 @@ async def run_turns_bench(config: AgentConfig, delays_ms: tuple[int, ...] = (20,
         "self_interruptions": self_interruptions,
         "interruptions_detected": f"{len(detected)}/{len(counted)}",
         "interruptions_not_counted": {
-            "reply_shorter_than_the_cut_in_time": sum(b["outcome"] == "reply shorter than the cut-in time" for b in barge),
+            "reply_shorter_than_the_cut_in_time": sum(b["outcome"] == "reply shorter than the cut-in time"
+                                                      for b in barge),
             "reply_over_before_the_user_spoke": sum(b["outcome"] == "reply already over" for b in barge),
             "reply_ended_within_300_ms_of_onset": sum(b["outcome"] == "reply ending" for b in barge)},
         # onset as the VAD places it (the system's own view, what the turn metrics record)
@@ -82,13 +84,14 @@ async def run_turns_bench(config: AgentConfig, delays_ms: tuple[int, ...] = (20,
         "cancellation_ms": _stats([b["cancellation_ms"] for b in detected if b["cancellation_ms"] is not None]),
         "heard_text_within_one_word": f"{sum(heard)}/{len(heard)}",
         "voice_to_voice_ms_median": {
-            "preemptive_on": med["on"], "preemptive_at_pause_only": med["pause_only"], "preemptive_off": med["off"],
-            "saved": None if None in (med["on"], med["off"]) else round(med["off"] - med["on"], 1),
+            "preemptive_on": med_on, "preemptive_at_pause_only": med["pause_only"], "preemptive_off": med_off,
+            "saved": None if med_on is None or med_off is None else round(med_off - med_on, 1),
             "saved_paired_median": med["paired"], "pairs": len(v2v["paired"]),
             # when transcript + LLM + first phrase + TTS take longer than the hangover (they do on
             # 2 cores), starting them at the pause instead of the endpoint saves hangover - pause;
             # only work done before the pause (the prefill) can save more
-            "pause_only_bound_when_work_exceeds_hangover": _window_ms(config.vad.hangover_ms) - _window_ms(config.vad.pause_ms)},
+            "pause_only_bound_when_work_exceeds_hangover":
+                _window_ms(config.vad.hangover_ms) - _window_ms(config.vad.pause_ms)},
         "barge_ins": barge,
         "targets": {"self_interruptions": 0, "detected": ">= 19 of 20", "barge_in_to_silence_p95_ms": 250,
                     "cancellation_ms": 30, "heard_within_one_word": ">= 95%",
@@ -114,7 +117,8 @@ def _barge_ins(doc: dict, timeline: Path) -> list[dict]:
                 found.append({"onset": round(onset, 3), "outcome": "reply shorter than the cut-in time"})
             continue
         reply = next((t for t in doc["turns"] if t["media_times"].get("first_audio_played") is not None
-                      and t["media_times"]["first_audio_played"] <= onset <= (t["media_times"].get("agent_stopped") or 1e18)),
+                      and t["media_times"]["first_audio_played"] <= onset
+                      <= (t["media_times"].get("agent_stopped") or 1e18)),
                      None)
         b = {"onset": round(onset, 3), "outcome": "reply already over", "vad_onset_to_silence_ms": None,
              "onset_to_silence_ms": None, "cancellation_ms": None, "heard_ok": None}

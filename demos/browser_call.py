@@ -112,6 +112,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _launch_chromium(chromium: str, tmp: Path, mic: Path, cdp_port: int) -> subprocess.Popen:
+    """Headless Chromium with the fake mic and DevTools on `cdp_port`; its stderr goes to tmp/chromium.log."""
+    with open(tmp / "chromium.log", "wb") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([chromium, *chromium_flags(tmp / "profile", mic, cdp_port)],
+                                stdout=subprocess.DEVNULL, stderr=log)
+
+
+def _save_png(path: Path, b64: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(base64.b64decode(b64))
+
+
 async def browser_call(stack, turns: list[Path], screenshot: Path | None, timeout: float = 90.0,
                        chromium: str = CHROMIUM) -> dict:
     """Run the conversation; return what the page and the server measured."""
@@ -126,8 +138,7 @@ async def browser_call(stack, turns: list[Path], screenshot: Path | None, timeou
     mic = tmp / "mic.wav"
     write_fake_mic(turns, mic)
     cdp_port = _free_port()
-    proc = subprocess.Popen([chromium, *chromium_flags(tmp / "profile", mic, cdp_port)],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp / "chromium.log", "wb"))
+    proc = _launch_chromium(chromium, tmp, mic, cdp_port)
     result: dict = {"turns_sent": len(turns)}
     try:
         async with aiohttp.ClientSession() as http:
@@ -148,8 +159,7 @@ async def browser_call(stack, turns: list[Path], screenshot: Path | None, timeou
                 if screenshot is not None:
                     await asyncio.sleep(1.2)  # let a few words of the reply show
                     shot = await cdp.call("Page.captureScreenshot", format="png")
-                    screenshot.parent.mkdir(parents=True, exist_ok=True)
-                    screenshot.write_bytes(base64.b64decode(shot["data"]))
+                    _save_png(screenshot, shot["data"])
                     result["screenshot"] = str(screenshot)
                 await _until(cdp, f"!!window.rejoinder.turns[{last}]", timeout)
                 await asyncio.sleep(0.3)

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import heapq
 import time
-from typing import AsyncIterator, Protocol
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 
 class Clock(Protocol):

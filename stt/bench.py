@@ -17,9 +17,9 @@ import os
 import platform
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -234,13 +234,15 @@ async def bench_engine(engine: Engine, clips: list[Clip], repeat: int = 3,
                 after_decision.append((final.at - ended.decided_at) * 1000)
                 after_voiced.append((final.at - ended.last_voiced) * 1000)
             if k == 0:
+                tr = run.transcriber
+                assert tr is not None, "stream_audio() always attaches its transcriber"
                 ref = normalize(clip.reference)
                 e = edit_distance(ref, normalize(run.text))
                 edits[clip.group] += e
                 words[clip.group] += len(ref)
                 per_clip.append({"clip": clip.name, "text": run.text, "errors": e, "words": len(ref),
                                  "interims": sum(not t.final for t in run.transcripts),
-                                 "passes": dict(run.transcriber.passes), "reused": run.transcriber.reused})
+                                 "passes": dict(tr.passes), "reused": tr.reused})
         progress(f"  round {k + 1}/{repeat} done")
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     hang = vo.hangover_ms

@@ -52,7 +52,9 @@ class OpenAITranscriber:
             extra["prompt"] = prompt
         t0 = time.perf_counter()
         try:
-            r = self._client.audio.transcriptions.create(
+            # **extra (optional language/prompt) matches no single overload of the openai stubs;
+            # openai.omit would, but it is newer than the supported openai>=1.40
+            r = self._client.audio.transcriptions.create(  # type: ignore[call-overload]
                 model=self.model_name, file=("utterance.wav", wav.getvalue(), "audio/wav"),
                 response_format="json", **extra,
             )

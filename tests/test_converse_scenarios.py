@@ -12,7 +12,6 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-
 from aiohttp import web
 
 from agent.config import load_config

@@ -14,11 +14,11 @@ import pytest
 import soundfile as sf
 from aiohttp import web
 
+from pipeline.clock import VirtualClock
+from pipeline.events import SpeechEnded, SpeechStarted
 from stt.openai_stt import OpenAITranscriber, STTError
 from stt.transcriber import StreamingTranscriber
 from stt.whisper import WhisperOptions, load_engine
-from pipeline.clock import VirtualClock
-from pipeline.events import SpeechEnded, SpeechStarted
 
 
 class FakeServer:

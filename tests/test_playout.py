@@ -9,9 +9,8 @@ import pytest
 
 from pipeline.clock import VirtualClock
 from tests.fakes import RecordingSink, settle
-from tts.chunks import words_in_share
 from transport.playout import Playout
-from tts.chunks import AudioChunk
+from tts.chunks import AudioChunk, words_in_share
 
 RATE = 16_000
 

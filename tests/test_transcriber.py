@@ -25,6 +25,8 @@ from stt.bench import edit_distance, load_clips, normalize, number_words, room, 
 from stt.transcriber import StreamingTranscriber, TranscriberOptions
 from stt.whisper import DEFAULT_STT_MODEL, TranscriptionResult, WhisperEngine, WhisperOptions
 
+pytestmark = pytest.mark.models  # the real Silero VAD, and Whisper in most tests
+
 RATE = 16_000
 FINAL_ONLY = TranscriberOptions(interim=False)
 # WER bounds for the default model on the shared clips (stt-bench measures tiny.en at ~6% on

@@ -8,10 +8,10 @@ import asyncio
 
 import numpy as np
 
+from agent.turns import State
 from pipeline.events import SpeechEnded, SpeechStarted
 from tests.fakes import settle
 from tests.test_turns import AUDIO, Rig, _leftover_tasks
-from agent.turns import State
 
 REPLY = "One two three four five. Six seven eight nine ten. Eleven twelve thirteen fourteen fifteen."
 

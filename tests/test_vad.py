@@ -24,6 +24,8 @@ from pipeline.audio import AudioFrame, frames_from_array, read_audio
 from pipeline.events import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted
 from pipeline.vad import WINDOW, SileroVAD, VADOptions, VADSegmenter
 
+pytestmark = pytest.mark.models  # the real Silero VAD (ONNX)
+
 DATA = Path(__file__).parent / "data"
 RATE = 16_000
 CLIPS = ["goforward.wav", "librivox-0870.wav", "librivox-0880.wav", "librivox-0920.wav",

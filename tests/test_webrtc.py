@@ -26,6 +26,8 @@ from transport.client import AgentCall, ScriptedMicTrack
 from transport.server import PEERS, ServeOptions, make_app
 from transport.webrtc import OUT_FRAME, OUT_RATE, AgentAudioTrack, frame_to_mono, parse_ice_server, rtc_configuration
 
+pytestmark = pytest.mark.webrtc  # real aiortc peers on loopback
+
 
 # --- unit -----------------------------------------------------------------------------------------
 def _av_frame(fmt: str, layout: str, data: np.ndarray, rate: int = 48_000) -> av.AudioFrame:

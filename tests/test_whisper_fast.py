@@ -23,7 +23,9 @@ pytestmark = pytest.mark.models
 # Measured on tests/data (74 words): tiny.en 8.1% short and full; base 4.1% short, 5.4% full.
 # Two words of slack.
 WER_SLACK = 0.03
-SPEEDUP_3S = 1.5  # a generous sanity bound (targets live in stt-bench); measured ~5× for tiny.en on a 3 s clip (encoder 10 s of features instead of 30 s)
+# A generous sanity bound (targets live in stt-bench); measured ~5× for tiny.en on a 3 s clip
+# (encoder 10 s of features instead of 30 s).
+SPEEDUP_3S = 1.5
 
 
 @pytest.fixture(scope="module")

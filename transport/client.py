@@ -131,7 +131,7 @@ class AgentCall:
             self._new_event.clear()
             try:
                 await asyncio.wait_for(self._new_event.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def received(self, since: float = 0.0, rate: int = 16_000) -> np.ndarray:
@@ -167,6 +167,7 @@ class AgentCall:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            assert isinstance(frame, av.AudioFrame), "an audio track yields audio frames"
             self._received(time.monotonic(), frame_to_mono(frame), frame.sample_rate)
 
     def _received(self, at: float, mono: np.ndarray, rate: int) -> None:

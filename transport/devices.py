@@ -11,7 +11,8 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import numpy as np
 
@@ -86,7 +87,7 @@ class DeviceSpeaker:
         self._queued = 0
         self._max = int(max_buffer_s * sample_rate)
         self._lock = threading.Lock()
-        self._stream = None
+        self._stream: Any | None = None  # a sounddevice.OutputStream while open
         self.underruns = 0
         self.dropped = 0
 

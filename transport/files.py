@@ -4,8 +4,8 @@ timeline recorder (user left, agent right) that places every sample at the media
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import AsyncIterator, Callable
 
 import numpy as np
 import soundfile as sf

@@ -16,9 +16,11 @@ import platform
 import random
 import signal
 import time
-from typing import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from multiprocessing.process import BaseProcess
 
 from tts.cache import PhraseCache
+from tts.chunks import TTSMetrics
 from tts.stream import StreamingTTS
 
 FIRST_PHRASES = [  # first phrases of up to six words, as the splitter hands them over
@@ -58,30 +60,38 @@ def machine() -> dict:
             "system": f"{platform.system()} {platform.release()}"}
 
 
-def _pct(xs: list[float], q: float) -> float | None:
-    xs = sorted(x for x in xs if x is not None)
-    if not xs:
+def _pct(xs: Sequence[float | None], q: float) -> float | None:
+    """The q-quantile of the measured values (None: not measured, e.g. no synthesis in the request)."""
+    vals = sorted(x for x in xs if x is not None)
+    if not vals:
         return None
-    k = (len(xs) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return round(xs[lo] + (xs[hi] - xs[lo]) * (k - lo), 3)
+    k = (len(vals) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(vals) - 1)
+    return round(vals[lo] + (vals[hi] - vals[lo]) * (k - lo), 3)
 
 
-def _stats(xs: list[float]) -> dict:
+def _stats(xs: Sequence[float | None]) -> dict:
     return {"p50": _pct(xs, 0.5), "p95": _pct(xs, 0.95), "n": len(xs)}
 
 
-async def _one_phrase(tts: StreamingTTS, text: str):
-    async def src():
+def _metrics(tts: StreamingTTS) -> TTSMetrics:
+    """The metrics of the request that just ended (every request sets `last_metrics` when it starts)."""
+    m = tts.last_metrics
+    assert m is not None, "no TTS request has run"
+    return m
+
+
+async def _one_phrase(tts: StreamingTTS, text: str) -> TTSMetrics:
+    async def src() -> AsyncIterator[str]:
         yield text
 
     async with contextlib.aclosing(tts.stream_phrases(src())) as chunks:
         async for _ in chunks:
             pass
-    return tts.last_metrics
+    return _metrics(tts)
 
 
-async def _tokens(text: str, rate: float):
+async def _tokens(text: str, rate: float) -> AsyncIterator[str]:
     """A reply as an LLM streams it: word-piece tokens at `rate` tokens/s."""
     pieces = []
     for word in text.split(" "):
@@ -95,23 +105,27 @@ async def _tokens(text: str, rate: float):
 
 
 async def run_suite(tts: StreamingTTS, reps: int, log: Callable[[str], None]) -> dict:
-    nocache = StreamingTTS(tts.engine, cache=PhraseCache(max_samples=0), chunk_ms=tts.chunk_samples * 1000 // tts.engine.sample_rate)
+    chunk_ms = tts.chunk_samples * 1000 // tts.engine.sample_rate
+    nocache = StreamingTTS(tts.engine, cache=PhraseCache(max_samples=0), chunk_ms=chunk_ms)
     res: dict[str, dict] = {}
-    first, rtf = [], []
-    for i in range(reps):
+    first: list[float | None] = []
+    rtf: list[float | None] = []
+    for _ in range(reps):
         for text in FIRST_PHRASES:
             m = await _one_phrase(nocache, text)
             first.append(m.ttfa_ms)
     res["first_phrase"] = {"ttfa_ms": _stats(first)}
     log(f"    first phrase (≤6 words) TTFA p50 {res['first_phrase']['ttfa_ms']['p50']} ms")
     for name, text in (("medium", MEDIUM), ("long", LONG)):
-        ttfa, gap_max, under = [], [], []
+        ttfa: list[float | None] = []
+        gap_max: list[float] = []
+        under: list[float] = []
         for _ in range(reps):
             # full text in, as `speak` takes it: the splitter cuts the first phrase short
             async with contextlib.aclosing(nocache.speak(text)) as chunks:
                 async for _c in chunks:
                     pass
-            m = nocache.last_metrics
+            m = _metrics(nocache)
             ttfa.append(m.ttfa_ms)
             rtf.append(m.rtf)
             gap_max.append(max(m.chunk_gaps_ms))
@@ -123,7 +137,7 @@ async def run_suite(tts: StreamingTTS, reps: int, log: Callable[[str], None]) ->
     res["rtf_all"] = _stats(rtf)
     # cached: one priming request, then repeats that must not synthesize
     await _one_phrase(tts, CACHED)
-    cached = []
+    cached: list[float | None] = []
     for _ in range(max(5, reps * 2)):
         m = await _one_phrase(tts, CACHED)
         assert m.cache_hits == 1, "the cached phrase missed the cache"
@@ -131,7 +145,9 @@ async def run_suite(tts: StreamingTTS, reps: int, log: Callable[[str], None]) ->
     res["cached"] = {"ttfa_ms": _stats(cached)}
     log(f"    cached TTFA p50 {res['cached']['ttfa_ms']['p50']} ms")
     # a reply streamed token by token at ~30 tokens/s
-    ttfa, first_tok, under, gaps = [], [], [], []
+    ttfa, under = [], []
+    first_tok: list[float] = []
+    gaps: list[float] = []
     for _ in range(reps):
         t0 = time.perf_counter()
         first_audio = None
@@ -139,7 +155,8 @@ async def run_suite(tts: StreamingTTS, reps: int, log: Callable[[str], None]) ->
             async for c in chunks:
                 if first_audio is None and c.samples.size:
                     first_audio = time.perf_counter()
-        m = nocache.last_metrics
+        m = _metrics(nocache)
+        assert first_audio is not None, "the streamed reply produced no audio"
         ttfa.append(m.ttfa_ms)
         first_tok.append((first_audio - t0) * 1000 - 1000 / 30)  # from the first token's arrival
         under.append(m.underrun_ms)
@@ -149,9 +166,10 @@ async def run_suite(tts: StreamingTTS, reps: int, log: Callable[[str], None]) ->
     log(f"    streamed reply @30 tok/s: TTFA p50 {res['streamed_reply']['ttfa_ms']['p50']} ms, "
         f"first token → audio p50 {res['streamed_reply']['first_token_to_audio_ms']['p50']} ms")
     res["cancellation"] = await _cancellations(nocache, reps)
-    c = res["cancellation"]
-    log(f"    cancel(): p50 {c['cancel_call_ms']['p50']} / p95 {c['cancel_call_ms']['p95']} ms; "
-        f"task cancel: p50 {c['task_cancel_ms']['p50']} / p95 {c['task_cancel_ms']['p95']} ms; stale chunks {c['stale_chunks']}")
+    canc = res["cancellation"]
+    log(f"    cancel(): p50 {canc['cancel_call_ms']['p50']} / p95 {canc['cancel_call_ms']['p95']} ms; "
+        f"task cancel: p50 {canc['task_cancel_ms']['p50']} / p95 {canc['task_cancel_ms']['p95']} ms; "
+        f"stale chunks {canc['stale_chunks']}")
     return res
 
 
@@ -160,7 +178,9 @@ async def _cancellations(tts: StreamingTTS, reps: int) -> dict:
     by `cancel(request_id)` (latency from the TTS's metrics) and by cancelling the consumer's task
     (latency measured outside). Any chunk arriving after the cancel is counted as stale."""
     rng = random.Random(7)
-    by_call, by_task, stale = [], [], 0
+    by_call: list[float | None] = []
+    by_task: list[float] = []
+    stale = 0
     for i in range(max(10, reps * 3)):
         rid = tts.new_request_id()
         got_after = 0
@@ -168,7 +188,7 @@ async def _cancellations(tts: StreamingTTS, reps: int) -> dict:
         start = time.perf_counter()
         at = rng.uniform(0.15, 0.9)  # seconds into the reply
 
-        async def consume() -> None:
+        async def consume(rid: str, start: float, cancelled_at: list[float]) -> None:
             nonlocal got_after
             played = 0.0
             async with contextlib.aclosing(tts.speak(LONG, rid)) as chunks:
@@ -181,13 +201,13 @@ async def _cancellations(tts: StreamingTTS, reps: int) -> dict:
                         await asyncio.sleep(ahead)
 
         use_call = i % 2 == 0
-        task = asyncio.create_task(consume())
+        task = asyncio.create_task(consume(rid, start, cancelled_at))
         await asyncio.sleep(at)
         cancelled_at.append(time.perf_counter())
         if use_call:
             tts.cancel(rid)
             await task
-            m = tts.last_metrics
+            m = _metrics(tts)
             by_call.append(m.cancellation_latency_ms)
         else:
             task.cancel()
@@ -240,7 +260,7 @@ class Load:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.procs: list[multiprocessing.Process] = []
+        self.procs: list[BaseProcess] = []
 
     def __enter__(self) -> Load:
         ctx = multiprocessing.get_context("spawn")
@@ -297,7 +317,8 @@ def verdict(doc: dict) -> dict:
         "idle_first_phrase_ttfa_p50_ms": [idle["first_phrase"]["ttfa_ms"]["p50"], 50],
         "idle_rtf_p50": [idle["rtf_all"]["p50"], 0.1],
         "idle_cancellation_p95_ms": [max(x for x in (idle["cancellation"]["cancel_call_ms"]["p95"],
-                                                     idle["cancellation"]["task_cancel_ms"]["p95"]) if x is not None), 20],
+                                                     idle["cancellation"]["task_cancel_ms"]["p95"])
+                                         if x is not None), 20],
         "idle_cached_ttfa_p50_ms": [idle["cached"]["ttfa_ms"]["p50"], 5],
     }
     if "loaded" in doc:

@@ -6,8 +6,9 @@ incremental input, chunking, cancellation, caching and metrics.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 

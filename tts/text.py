@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Sequence
 
 MAX_TOKEN_CHARS = 100
 """Longer runs without whitespace are spoken in pieces (URLs: "a link"), which bounds memory."""
@@ -314,7 +315,7 @@ class PhraseSplitter:
         self._first = True
         return phrases
 
-    def _take(self, items: list[str | None]) -> list[str]:
+    def _take(self, items: Sequence[str | None]) -> list[str]:
         phrases: list[str] = []
         for word in items:
             if word is None:  # a line break ends a phrase
