@@ -125,33 +125,44 @@ def converse(ctx, inputs, out, json_path, fast, gap, interrupt_after, echo_db, e
 @click.option("--port", type=int, default=8080, show_default=True)
 @click.option("--ice-server", "ice_servers", multiple=True, metavar="URL",
               help="STUN/TURN server (stun:HOST:PORT, turn:USER:PASS@HOST:PORT); repeatable. Default: none.")
-@click.option("--token", help="Access token for /offer (default: generated when --host is not loopback).")
+@click.option("--token", help="Access token for every route but the page (default: generated when --host is not "
+                                "loopback; an empty one is refused there).")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="Also answer requests addressed to this host name (how clients reach the server, e.g. behind "
+                   "a proxy); repeatable. Loopback names, --host and the server's own addresses always work.")
 @click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), help="TLS certificate (PEM) for HTTPS.")
 @click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="TLS private key (PEM) for HTTPS.")
 @click.option("--max-sessions", type=int, default=4, show_default=True, help="Concurrent browser sessions.")
 @model_options
 @click.pass_context
-def serve(ctx, host, port, ice_servers, token, cert, key, max_sessions, **models) -> None:
+def serve(ctx, host, port, ice_servers, token, allow_hosts, cert, key, max_sessions, **models) -> None:
     """Talk to the agent in a browser over WebRTC: loads the models, then prints the URL."""
-    from agent.stack import load_stack
-    from transport.server import ServeOptions
+    from transport.server import ServeOptions, bind_socket
     from transport.server import serve as run_server
 
     cfg = _config(ctx, **_overrides(**models))
     try:
         opts = ServeOptions(host=host, port=port, ice_servers=list(ice_servers), token=token, cert=cert, key=key,
-                            max_sessions=max_sessions)
+                            max_sessions=max_sessions, allow_hosts=list(allow_hosts))
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    try:
+        sock = bind_socket(opts.host, opts.port)  # before the models load: a busy port is known at once
+    except OSError as exc:
+        _fail(str(exc))
+    from agent.stack import load_stack
 
     async def go():
         async with load_stack(cfg, _progress) as stack:
             try:
-                await run_server(stack, opts, announce=click.echo)
+                await run_server(stack, opts, announce=click.echo, sock=sock)
             except OSError as exc:
                 _fail(str(exc))
 
-    _run(go())
+    try:
+        _run(go())
+    finally:
+        sock.close()
 
 
 @main.command()
@@ -348,6 +359,24 @@ def bench(ctx, turns, sessions, json_path, plot_path, url, browser, compare, fas
     if plot_path is not None:
         plot(doc, plot_path)
         click.echo(f"wrote {plot_path}", err=True)
+
+
+@main.command("soak-bench")
+@click.option("--calls", type=int, default=200, show_default=True, help="Calls, one after another.")
+@click.option("--warmup", type=int, default=20, show_default=True, help="Calls before the RSS baseline.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here.")
+@model_options
+@click.pass_context
+def soak_bench(ctx, calls, warmup, json_path, **models) -> None:
+    """Many short calls in a row: RSS, threads, fds, tasks and children after each (does anything leak?)."""
+    from agent.soak_bench import run_soak, summary_lines
+
+    if calls < 2 or not 1 <= warmup < calls:
+        _fail("--calls must be at least 2 and --warmup between 1 and calls - 1")
+    doc = _run(run_soak(_config(ctx, **_overrides(**models)), calls=calls, warmup=warmup, progress=_progress))
+    for line in summary_lines(doc):
+        click.echo(line)
+    _write_json(doc, json_path, also_stdout=False)
 
 
 if __name__ == "__main__":

@@ -118,3 +118,38 @@ async def fake_llm_endpoint(chat):
         yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
     finally:
         await runner.cleanup()
+
+
+class FakeSession:
+    """A browser session without models: consumes the microphone, plays silence through a real
+    Playout, and says it is listening once the first frame arrives."""
+
+    def __init__(self, clock: Clock, sink, output_rate: int, on_event) -> None:
+        from transport.playout import Playout
+
+        self.playout = Playout(clock, sink, sample_rate=output_rate)
+        self.on_event = on_event
+        self.frames = 0
+
+    async def run(self, frames) -> None:
+        async with asyncio.TaskGroup() as tg:
+            playout = tg.create_task(self.playout.run())
+            try:
+                async for _ in frames:
+                    self.frames += 1
+                    if self.frames == 1:
+                        self.on_event({"type": "state", "state": "listening"})
+            finally:
+                playout.cancel()
+
+
+class FakeStack:
+    """What `rejoinder serve` needs from `agent.stack.AgentStack`: sessions, here `FakeSession`s."""
+
+    def __init__(self) -> None:
+        self.sessions: list[FakeSession] = []
+
+    def new_session(self, clock, sink, output_rate=48_000, on_event=None, turn_options=None) -> FakeSession:
+        s = FakeSession(clock, sink, output_rate, on_event or (lambda e: None))
+        self.sessions.append(s)
+        return s

@@ -1,6 +1,6 @@
 """The signaling server (`transport.server`): limits, bad input, access token, teardown, the page.
 
-Fakes: every test here except the Chromium one uses `FakeStack`, whose session plays silence
+Fakes: every test here except the Chromium one uses `FakeStack` (tests/fakes.py), whose session plays silence
 through the real `Playout` and reports one state event: the server, aiortc peers and the Python
 client are real, the models are not (they are exercised in tests/test_webrtc.py).
 The Chromium test runs demos/browser_call.py on the REAL stack with headless Chromium from Debian,
@@ -24,78 +24,12 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from pipeline.clock import Clock
+from tests.fakes import FakeStack
 from transport.client import AgentCall, ScriptedMicTrack
-from transport.playout import Playout
 from transport.server import OPTIONS, PEERS, ServeOptions, is_loopback, make_app
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-
-
-class FakeSession:
-    """Consumes the microphone, plays silence through a real Playout, says it is listening."""
-
-    def __init__(self, clock: Clock, sink, output_rate: int, on_event) -> None:
-        self.playout = Playout(clock, sink, sample_rate=output_rate)
-        self.on_event = on_event
-        self.frames = 0
-
-    async def run(self, frames) -> None:
-        async with asyncio.TaskGroup() as tg:
-            playout = tg.create_task(self.playout.run())
-            try:
-                async for _ in frames:
-                    self.frames += 1
-                    if self.frames == 1:
-                        self.on_event({"type": "state", "state": "listening"})
-            finally:
-                playout.cancel()
-
-
-class FakeStack:
-    def __init__(self) -> None:
-        self.sessions: list[FakeSession] = []
-
-    def new_session(self, clock, sink, output_rate=48_000, on_event=None, turn_options=None) -> FakeSession:
-        s = FakeSession(clock, sink, output_rate, on_event or (lambda e: None))
-        self.sessions.append(s)
-        return s
-
-
-class Server:
-    def __init__(self, app: web.Application, url: str) -> None:
-        self.app, self.url = app, url
-
-    async def post(self, body: bytes | str | dict, headers: dict | None = None, path: str = "/offer"):
-        data = json.dumps(body) if isinstance(body, dict) else body
-        async with aiohttp.ClientSession() as http:
-            async with http.post(self.url + path, data=data, headers=headers or {}) as r:
-                return r.status, await r.json(content_type=None)
-
-    async def wait_no_sessions(self, timeout: float = 5.0) -> None:
-        for _ in range(int(timeout / 0.05)):
-            if not self.app[PEERS]:
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"{len(self.app[PEERS])} session(s) still open {timeout} s after hang-up")
-
-
-@pytest.fixture
-async def start_server():
-    runners: list[web.AppRunner] = []
-
-    async def start(**options) -> Server:
-        app = make_app(FakeStack(), ServeOptions(port=0, **options))
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        runners.append(runner)
-        return Server(app, f"http://127.0.0.1:{runner.addresses[0][1]}")
-
-    yield start
-    for r in runners:
-        await r.cleanup()
 
 
 def _mic() -> ScriptedMicTrack:
@@ -136,7 +70,8 @@ async def test_malformed_offers_get_400_with_a_reason(start_server):
         "sdp not a string": ({"sdp": 42, "type": "offer"}, "'sdp' must be a non-empty string"),
         "not sdp at all": ({"sdp": "hello world", "type": "offer"}, "must start with v=0"),
         "no audio": ({"sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n", "type": "offer"}, "no audio"),
-        "garbage sdp": ({"sdp": "v=0\r\nm=audio garbage\r\nfoo\r\n", "type": "offer"}, "SDP could not be used"),
+        "garbage sdp": ({"sdp": "v=0\r\na=fingerprint:sha-256 00\r\nm=audio garbage\r\nfoo\r\n", "type": "offer"},
+                        "SDP could not be used"),
     }
     for name, (body, reason) in cases.items():
         status, doc = await srv.post(json.dumps(body) if isinstance(body, list) else body)

@@ -2,39 +2,57 @@
 
 Contract (stable; other clients rely on it):
 
-    POST /offer   {"sdp": "...", "type": "offer"}  →  200 {"sdp": "...", "type": "answer"}
+    GET  /              the page (and /static/*): open to all, it carries no secrets
+    POST /offer         {"sdp": "...", "type": "offer"}  →  200 {"sdp": "...", "type": "answer"}
+    GET  /config        the page's ICE servers: {"iceServers": [...]}
+    GET  /health        {"ok": bool, "sessions": n, "max_sessions": n, "components": {...}}; 503 when not ok
 
-Errors are JSON `{"error": reason}`: 400 malformed request or SDP, 401 missing/wrong token, 413 body
-too large, 503 too many sessions. Safe defaults: loopback only, no public STUN server, and an access
-token whenever the server listens on anything but loopback.
+The access token (`Authorization: Bearer TOKEN` or `?token=`) is needed on every route but the page
+whenever one is set, and one is always set off loopback. Errors are JSON `{"error": reason}`:
+400 malformed request, JSON or SDP (an offer needs a DTLS fingerprint and a microphone that sends),
+401 missing/wrong token, 408 body not received in time, 413 body too large, 421 a Host this server does
+not answer for (DNS rebinding), 429 too many wrong tokens (with Retry-After), 503 too many sessions
+or open connections. Every response carries a strict Content-Security-Policy, nosniff, DENY framing
+and no-referrer. Slow or hostile clients are cut (see `transport.guard`). Safe defaults: loopback
+only, no public STUN server, and an access token whenever the server listens on anything but loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
+import inspect
 import ipaddress
-import json
 import logging
 import secrets
 import signal
+import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from aiohttp import web
 from aiortc import RTCSessionDescription
 
+from transport.guard import (
+    BadJSON,
+    GuardedSite,
+    TokenGate,
+    add_security_headers,
+    bind_socket,
+    body_deadline,
+    host_allowlist,
+    json_error,
+    loads_bounded,
+    runner_options,
+)
 from transport.webrtc import PeerSession, StackLike, enable_loopback_candidates, parse_ice_server
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 PEERS = web.AppKey("peers", dict)
-OPTIONS = web.AppKey("options", object)
-STACK = web.AppKey("stack", object)
 
 
 @dataclass
@@ -44,14 +62,21 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8080
     ice_servers: list[str] = field(default_factory=list)  # none: no public STUN, local/LAN only
-    token: str | None = None  # required on /offer when set; generated for non-loopback hosts
+    token: str | None = None  # required on every route but the page when set; generated off loopback
     cert: Path | None = None
     key: Path | None = None
     max_sessions: int = 4  # each session transcribes and synthesizes on the same 2 cores
     max_body_bytes: int = 64 * 1024
     max_sdp_bytes: int = 32 * 1024
+    max_json_depth: int = 32  # an offer is 1 level deep; Python's parser recurses per level
     idle_timeout_s: float = 600.0
     connect_timeout_s: float = 30.0
+    header_timeout_s: float = 5.0  # from connecting (or the last response) to a request's last header
+    body_timeout_s: float = 5.0  # from the headers to the body's last byte (an offer is a few KB)
+    max_connections: int = 128  # open HTTP connections; beyond, 503 and closed (a page load uses ~5)
+    allow_hosts: list[str] = field(default_factory=list)  # Host names answered besides loopback and --host
+    auth_free_tries: int = 5  # wrong tokens from one address before it must wait (429)
+    auth_backoff_s: float = 1.0  # the first wait; doubles with each further wrong token
     token_generated: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -64,6 +89,14 @@ class ServeOptions:
                 raise FileNotFoundError(f"TLS file not found: {p}")
         if self.max_sessions < 1:
             raise ValueError(f"--max-sessions must be at least 1, got {self.max_sessions}")
+        for name in ("header_timeout_s", "body_timeout_s", "max_connections", "max_json_depth"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.token == "":
+            if not is_loopback(self.host):
+                raise ValueError(f"--token is empty, which would let anyone who can reach {self.host} talk to the "
+                                 "agent; give a token, or leave --token out to have one generated")
+            self.token = None
         if self.token is None and not is_loopback(self.host):
             self.token = secrets.token_urlsafe(16)
             self.token_generated = True
@@ -86,6 +119,10 @@ class ServeOptions:
         return ctx
 
 
+OPTIONS = web.AppKey("options", ServeOptions)
+STACK = web.AppKey("stack", StackLike)
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -95,13 +132,16 @@ def is_loopback(host: str) -> bool:
         return False  # a hostname or "" (all interfaces): treat as exposed
 
 
-def _error(status: int, reason: str) -> web.Response:
-    return web.json_response({"error": reason}, status=status)
-
-
 def make_app(stack: StackLike, options: ServeOptions) -> web.Application:
-    """The aiohttp application: `/` (the page), `/static/*`, `POST /offer`, `GET /config`, `GET /health`."""
-    app = web.Application(client_max_size=options.max_body_bytes)
+    """The aiohttp application: `/` (the page), `/static/*`, `POST /offer`, `GET /config`, `GET /health`.
+
+    Serve it with `make_runner` (its timeouts are part of the defence against slow clients).
+    """
+    gate = TokenGate(options.token, free_tries=options.auth_free_tries, backoff_s=options.auth_backoff_s)
+    middlewares = [host_allowlist([options.host, *options.allow_hosts]), gate.middleware,
+                   body_deadline(options.body_timeout_s, options.max_body_bytes)]
+    app = web.Application(client_max_size=options.max_body_bytes, middlewares=middlewares)
+    app.on_response_prepare.append(add_security_headers)
     app[PEERS] = {}
     app[OPTIONS] = options
     app[STACK] = stack
@@ -115,20 +155,36 @@ def make_app(stack: StackLike, options: ServeOptions) -> web.Application:
     return app
 
 
+def make_runner(app: web.Application, options: ServeOptions) -> web.AppRunner:
+    """The runner that applies `options`' header deadline and quiet client logging."""
+    return web.AppRunner(app, **runner_options(options.header_timeout_s, options.body_timeout_s))
+
+
 async def _index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 async def _health(request: web.Request) -> web.Response:
+    """Each component's state when the stack reports it (`health()`); 503 when anything is not ok."""
     opts: ServeOptions = request.app[OPTIONS]
-    return web.json_response({"ok": True, "sessions": len(request.app[PEERS]), "max_sessions": opts.max_sessions})
+    counts = {"sessions": len(request.app[PEERS]), "max_sessions": opts.max_sessions}
+    report = getattr(request.app[STACK], "health", None)
+    if report is None:
+        return web.json_response({"ok": True, **counts})
+    try:
+        doc = report()
+        if inspect.isawaitable(doc):
+            doc = await doc
+        doc = {**doc, "ok": bool(doc.get("ok")), **counts}
+    except Exception as exc:  # a broken health check is itself a failed check, not a 500
+        log.warning("the stack's health check failed: %s", exc)
+        doc = {"ok": False, "error": f"the health check failed: {exc or type(exc).__name__}", **counts}
+    return web.json_response(doc, status=200 if doc["ok"] else 503)
 
 
 async def _client_config(request: web.Request) -> web.Response:
     """The page's RTCPeerConnection settings: the same --ice-server list (TURN needs both ends)."""
     opts: ServeOptions = request.app[OPTIONS]
-    if not _authorized(request, opts.token):  # TURN credentials are not for everyone
-        return _error(401, "missing or wrong access token")
     servers = []
     for spec in opts.ice_servers:
         s = parse_ice_server(spec)
@@ -137,36 +193,20 @@ async def _client_config(request: web.Request) -> web.Response:
     return web.json_response({"iceServers": servers})
 
 
-def _authorized(request: web.Request, token: str | None) -> bool:
-    if not token:
-        return True
-    header = request.headers.get("Authorization", "")
-    given = header[7:].strip() if header.lower().startswith("bearer ") else request.query.get("token", "")
-    return hmac.compare_digest(given.encode(), token.encode())
-
-
 async def _offer(request: web.Request) -> web.Response:
+    """Token, Host and body size and deadline are checked before this runs (`make_app`'s middlewares)."""
     opts: ServeOptions = request.app[OPTIONS]
     peers: dict[str, PeerSession] = request.app[PEERS]
-    if not _authorized(request, opts.token):
-        return _error(401, "missing or wrong access token: open the URL the server printed (it carries "
-                           "?token=…) or send 'Authorization: Bearer TOKEN'")
-    if request.content_length is not None and request.content_length > opts.max_body_bytes:
-        return _error(413, f"request body is larger than {opts.max_body_bytes} bytes")
     try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _error(413, f"request body is larger than {opts.max_body_bytes} bytes")
-    try:
-        params = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return _error(400, 'body is not JSON; send {"sdp": "...", "type": "offer"}')
+        params = loads_bounded(await request.read(), opts.max_body_bytes, opts.max_json_depth)
+    except BadJSON as exc:
+        return json_error(400, f'body {exc}; send {{"sdp": "...", "type": "offer"}}')
     reason = _check_offer(params, opts.max_sdp_bytes)
     if reason:
-        return _error(400, reason)
+        return json_error(400, reason)
     if len(peers) >= opts.max_sessions:
-        return _error(503, f"the server is at its limit of {opts.max_sessions} concurrent sessions; "
-                           "try again when one ends")
+        return json_error(503, f"the server is at its limit of {opts.max_sessions} concurrent sessions; "
+                               "try again when one ends", headers={"Retry-After": "30"})
     name = f"peer-{secrets.token_hex(3)}"
     peer = PeerSession(request.app[STACK], opts.ice_servers, opts.idle_timeout_s, opts.connect_timeout_s, name)
     peers[name] = peer  # counted before the slow part, so concurrent offers respect the limit
@@ -176,7 +216,7 @@ async def _offer(request: web.Request) -> web.Response:
         peers.pop(name, None)
         await peer.close()
         log.info("%s: rejected offer: %s", name, exc)
-        return _error(400, f"the offer's SDP could not be used: {exc or type(exc).__name__}")
+        return json_error(400, f"the offer's SDP could not be used: {exc or type(exc).__name__}")
 
     peer.on_closed = lambda: peers.pop(name, None)
     if peer.closed.is_set():  # it failed between the answer and now
@@ -198,8 +238,42 @@ def _check_offer(params: object, max_sdp: int) -> str | None:
         return f"'sdp' is longer than {max_sdp} characters"
     if not sdp.lstrip().startswith("v=0"):
         return "'sdp' is not an SDP session description (it must start with v=0)"
-    if "\nm=audio" not in sdp.replace("\r", ""):
+    return _check_sdp(sdp.replace("\r", "").split("\n"))
+
+
+_DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+
+
+def _check_sdp(lines: list[str]) -> str | None:
+    """What aiortc accepts but no call can use: no DTLS fingerprint, or no microphone that sends."""
+    session_direction, fingerprint = "sendrecv", False
+    audio: list[list[str]] = []  # per audio section: [port, direction or ""]
+    section: list[str] | None = None  # the current media section, if it is audio
+    in_media = False
+    for line in lines:
+        if line.startswith("m="):
+            in_media = True
+            kind, _, rest = line[2:].partition(" ")
+            section = [rest.partition(" ")[0], ""] if kind == "audio" else None
+            if section is not None:
+                audio.append(section)
+        elif line.startswith("a="):
+            attribute = line[2:].partition(":")[0].strip()
+            fingerprint = fingerprint or attribute == "fingerprint"
+            if attribute in _DIRECTIONS:
+                if not in_media:
+                    session_direction = attribute
+                elif section is not None:
+                    section[1] = attribute
+    if not audio:
         return "the offer has no audio section: add a microphone track before creating the offer"
+    if not fingerprint:
+        return ("the offer has no DTLS fingerprint (a=fingerprint): WebRTC media must be encrypted; "
+                "create the offer with a WebRTC stack (RTCPeerConnection.createOffer)")
+    if not any(port != "0" and (direction or session_direction) in ("sendrecv", "sendonly")
+               for port, direction in audio):
+        return ("the offer sends no microphone audio (its audio is recvonly or inactive): add a microphone "
+                "track (getUserMedia) before creating the offer")
     return None
 
 
@@ -209,19 +283,36 @@ async def _close_all(app: web.Application) -> None:
     app[PEERS].clear()
 
 
-async def serve(stack: StackLike, options: ServeOptions, announce: Callable[[str], None] = print) -> None:
-    """Run the server until cancelled (Ctrl-C) or sent SIGTERM, then close every session."""
-    runner = web.AppRunner(make_app(stack, options), access_log=None)
-    await runner.setup()
+async def start_site(runner: web.AppRunner, options: ServeOptions, sock: socket.socket) -> GuardedSite:
+    """Serve `runner` on `sock` (from `bind_socket`) with `options`' connection cap; returns the site."""
+    site = GuardedSite(runner, sock, max_connections=options.max_connections,
+                       handshake_timeout_s=options.header_timeout_s, ssl_context=options.ssl_context())
     try:
-        site = web.TCPSite(runner, options.host, options.port, ssl_context=options.ssl_context())
-        try:
-            await site.start()
-        except OSError as exc:
-            raise OSError(f"cannot listen on {options.host}:{options.port} ({exc.strerror or exc}); "
-                          "pick another --port or stop what is using it") from None
-        if options.port == 0:
-            options.port = runner.addresses[0][1]
+        await site.start()
+    except OSError as exc:
+        raise OSError(f"cannot listen on {options.host}:{options.port} ({exc.strerror or exc}); "
+                      "pick another --port or stop what is using it") from None
+    if options.port == 0:
+        options.port = sock.getsockname()[1]
+    return site
+
+
+async def serve(stack: StackLike, options: ServeOptions, announce: Callable[[str], None] = print,
+                sock: socket.socket | None = None) -> None:
+    """Run the server until cancelled (Ctrl-C) or sent SIGTERM, then close every session.
+
+    `sock`: the port bound beforehand (`bind_socket`), so the CLI reports a busy port before the
+    models load; bound here when not given. The server takes it over (and closes it).
+    """
+    sock = sock or bind_socket(options.host, options.port)
+    runner = make_runner(make_app(stack, options), options)
+    try:
+        await runner.setup()
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        await start_site(runner, options, sock)
         announce(f"open {options.url()} in a browser")
         if options.token_generated:
             announce(f"access token (generated): {options.token}")
@@ -237,3 +328,4 @@ async def serve(stack: StackLike, options: ServeOptions, announce: Callable[[str
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
         await runner.cleanup()
+        sock.close()  # closed already when the site served on it; harmless twice

@@ -26,9 +26,15 @@ let agentBubble = null, userInterim = null;
 for (const [id, key] of [["ec", "ec"], ["ns", "ns"], ["agc", "agc"]]) {
   if (params.get(key) === "0") $(id).checked = false;
 }
-$("legend").innerHTML = [...STAGES, "other"].map(
-  (s) => `<span><i style="background:var(--s-${s})"></i>${STAGE_NAMES[s]}</span>`).join("") +
-  `<span><i style="background:var(--ink);width:2px"></i>heard here</span>`;
+// built with the DOM, not innerHTML: the Content-Security-Policy allows no inline style attributes
+for (const [color, text, width] of [...[...STAGES, "other"].map((s) => [`var(--s-${s})`, STAGE_NAMES[s]]),
+                                    ["var(--ink)", "heard here", "2px"]]) {
+  const item = document.createElement("span"), swatch = document.createElement("i");
+  swatch.style.background = color;
+  if (width) swatch.style.width = width;
+  item.append(swatch, text);
+  $("legend").appendChild(item);
+}
 $("connect").addEventListener("click", () => (pc ? hangUp() : connect()));
 $("mute").addEventListener("click", toggleMute);
 $("mic").addEventListener("change", switchMic);
@@ -95,6 +101,9 @@ async function connect() {
     const resp = await fetch("/offer", {method: "POST", headers,
       body: JSON.stringify({sdp: pc.localDescription.sdp, type: pc.localDescription.type})});
     const body = await resp.json().catch(() => ({}));
+    if (resp.status === 503) {  // every session is in use: say so plainly, the person can retry
+      throw new Error("the agent is busy, try again in a minute (" + (body.error || "every session is in use") + ")");
+    }
     if (!resp.ok) throw new Error(body.error || `the server answered ${resp.status}`);
     await pc.setRemoteDescription(body);
     startMeters();
@@ -220,7 +229,10 @@ function startMeters() {
     $("lvl-remote").value = Math.max(-70, rdb);
     if (rdb > VOICED_DB) {
       rj.remoteVoiced += 1;
-      if (now - lastRemoteVoiced > REMOTE_GAP_MS && awaitingReply && lastLocalVoiced !== null) {
+      // a reply that starts while the user is still talking has no voice-to-voice to measure
+      // (it would read 0 ms): only a reply heard after the user fell silent counts
+      if (now - lastRemoteVoiced > REMOTE_GAP_MS && awaitingReply && lastLocalVoiced !== null
+          && lastLocalVoiced < now) {
         replyHeard(now);
       }
       lastRemoteVoiced = now;
