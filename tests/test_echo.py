@@ -14,6 +14,8 @@ from pipeline.vad import SileroVAD, VADOptions, VADSegmenter
 from tests.conftest import DATA
 from tts.piper_engine import PiperEngine
 
+pytestmark = pytest.mark.models  # the real Piper voice and Silero VAD
+
 REPLIES = [
     "Sure, I can help with that. The store opens at ten thirty on Monday and closes at six.",
     "Paris is the capital of France. It is famous for its museums, cafes and the Eiffel Tower.",
@@ -131,3 +133,29 @@ def test_a_window_with_little_echo_does_not_replace_a_known_path():
         if canceller.delay is not None:
             assert abs(canceller.delay - delay) <= 16, f"adopted a wrong echo path: {canceller.delay / 16} ms"
     assert canceller.delay is not None and abs(canceller.gain - gain) < 0.05
+
+
+@pytest.mark.parametrize("skip_s", [0.04, 0.3])
+def test_a_seam_in_the_microphone_timeline_keeps_the_echo_path(agent_voice, skip_s):
+    """A network edge drops stale audio after an uplink stall (`pipeline.mic_timeline`): from then
+    on the microphone's timestamps are ahead of its sample count by what was dropped. The canceller
+    re-anchors on the timestamps there; counting samples across the seam, it would look for the
+    echo `skip_s` too early, and the agent's voice would start a turn (barge-in sensitivity)."""
+    reply = np.concatenate(agent_voice)
+    played, agent16 = resample(reply, 22050, 24000), resample(reply, 22050, 16000)
+    d = int(0.1 * 16000)  # -10 dB, 100 ms
+    mic = np.zeros(len(agent16) + 16000, np.float32)
+    mic[d : d + len(agent16)] += 10 ** (-10 / 20) * agent16
+    canceller = EchoCanceller()
+    segmenter = VADSegmenter(VADOptions(), SileroVAD())
+    segmenter.set_min_speech_ms(128)  # what the session asks for while the agent speaks
+    seam = 3.0  # well after the path is found, in the middle of the agent's speech
+    starts: list[float] = []
+    out_frames = frames_from_array(np.concatenate([played, np.zeros(24000, np.float32)]), 24000)
+    for out, inp in zip(out_frames, frames_from_array(mic, 16000)):
+        canceller.played(out)
+        if seam <= inp.timestamp < seam + skip_s:
+            continue  # dropped by the edge: the next frame's timestamp is `skip_s` further on
+        starts += [e.at for e in segmenter.process(canceller.process(inp)) if isinstance(e, SpeechStarted)]
+    assert starts == [], starts
+    assert canceller.delay is not None and abs(canceller.delay - d) <= 16

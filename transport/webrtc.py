@@ -24,12 +24,17 @@ from aiortc.mediastreams import MediaStreamError
 
 from pipeline.audio import AudioFrame
 from pipeline.clock import Clock, RealClock
+from pipeline.mic_timeline import MicTimeline
+from transport.guard import BadJSON, loads_bounded
 
 log = logging.getLogger(__name__)
 
 OUT_RATE = 48_000
 OUT_FRAME = OUT_RATE * 20 // 1000  # 960 samples = 20 ms
 EVENTS_CHANNEL = "events"
+MAX_EVENT_CHARS = 4096  # the page's events are under 100 bytes
+MAX_EVENT_DEPTH = 4
+MAX_CLIENT_TURNS = 10_000  # client_v2v figures kept per call: a client cannot grow the table without end
 
 
 # --- audio in ------------------------------------------------------------------------------------
@@ -47,22 +52,29 @@ def frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
-async def track_frames(track: MediaStreamTrack, clock: Clock) -> AsyncIterator[AudioFrame]:
+async def track_frames(track: MediaStreamTrack, clock: Clock,
+                       timeline: MicTimeline | None = None) -> AsyncIterator[AudioFrame]:
     """The remote microphone as pipeline frames, stamped on the session clock when they arrive.
 
-    A frame is stamped with the media time its first sample was received (`now - duration`), kept
-    non-decreasing, so the VAD's "last voiced" time is when the server heard it. Ends with the track.
+    `MicTimeline` stamps them: contiguous, and never ahead of the clock, so the VAD's "last voiced"
+    time is when the server heard it, and a burst of late packets after an uplink stall (or a sender
+    faster than real time) cannot push media time ahead for the rest of the call; what would run
+    ahead, or arrives stale, is dropped. Ends with the track.
     """
-    last = float("-inf")
+    timeline = timeline if timeline is not None else MicTimeline(clock, name="webrtc microphone")
     while True:
         try:
             frame = await track.recv()
         except MediaStreamError:
+            if timeline.dropped:
+                log.info("webrtc microphone: dropped %d late or early frame(s) (%.1f s of audio), "
+                         "re-anchored %d time(s)", timeline.dropped, timeline.dropped_s, timeline.reanchors)
             return
-        samples = frame_to_mono(frame)
-        t = max(clock.now() - len(samples) / frame.sample_rate, last)
-        last = t + len(samples) / frame.sample_rate
-        yield AudioFrame(samples, frame.sample_rate, t)
+        if not isinstance(frame, av.AudioFrame):  # an audio track's frames are; the type says Frame | Packet
+            continue
+        t = timeline.stamp(frame.samples / frame.sample_rate)
+        if t is not None:
+            yield AudioFrame(frame_to_mono(frame), frame.sample_rate, t)
 
 
 # --- audio out -----------------------------------------------------------------------------------
@@ -222,6 +234,7 @@ class PeerSession:
         self.closed = asyncio.Event()
         self.on_closed: Callable[[], Any] = lambda: None  # the server forgets the peer here
         self._pending: list[str] = []
+        self.dropped_messages = 0  # data channel messages that were not a usable event
         self._tasks: set[asyncio.Task] = set()
         self._session_task: asyncio.Task | None = None
         self._closing = False
@@ -273,12 +286,33 @@ class PeerSession:
             self.channel.send(text)
 
     def _on_message(self, message: Any) -> None:
+        """One message from the browser. Nothing may escape: an exception here would end aiortc's
+        receive loop, and with it the call. A message that is not a usable event is dropped."""
         self.last_activity = time.monotonic()
         try:
-            msg = json.loads(message)
+            self._on_event(message)
+        except Exception as exc:
+            self._drop(message, f"{type(exc).__name__}: {exc}")
+
+    def _drop(self, message: Any, reason: str) -> None:
+        """Log why a message was dropped: the first few, then one in a hundred (a flood stays quiet)."""
+        self.dropped_messages += 1
+        n = self.dropped_messages
+        if n <= 3 or n % 100 == 0:
+            log.info("%s: dropped data channel message #%d (%s): %.80r", self.name, n, reason[:200], message)
+
+    def _on_event(self, message: Any) -> None:
+        if not isinstance(message, str):
+            self._drop(b"", f"binary message of {len(message)} bytes; events are JSON text")
+            return
+        try:
+            msg = loads_bounded(message, MAX_EVENT_CHARS, MAX_EVENT_DEPTH)
             kind = msg["type"]
-        except (ValueError, TypeError, KeyError):
-            log.info("%s: ignoring a data channel message that is not a JSON event: %.80r", self.name, message)
+        except BadJSON as exc:
+            self._drop(message, f"the message {exc}")
+            return
+        except (TypeError, KeyError, IndexError):
+            self._drop(message, "not a JSON event (an object with a 'type')")
             return
         if kind == "client_v2v":
             try:
@@ -286,7 +320,10 @@ class PeerSession:
                 if not (turn >= 0 and 0 <= ms < 600_000):
                     raise ValueError
             except (KeyError, TypeError, ValueError, OverflowError):
-                log.info("%s: client_v2v needs a turn index and a plausible 'ms': %.80r", self.name, message)
+                self._drop(message, "client_v2v needs a turn index and a plausible 'ms'")
+                return
+            if turn not in self.client_v2v and len(self.client_v2v) >= MAX_CLIENT_TURNS:
+                self._drop(message, f"more than {MAX_CLIENT_TURNS} turns measured")
                 return
             self.client_v2v[turn] = ms
             m = self.turns.get(turn)
@@ -297,7 +334,7 @@ class PeerSession:
         elif kind == "bye":
             self._spawn(self.close(), "close")
         elif kind != "ping":
-            log.info("%s: unknown event type %r", self.name, kind)
+            self._drop(message, "unknown event type")
 
     # --- media -----------------------------------------------------------------------------------
     def _on_track(self, track: MediaStreamTrack) -> None:

@@ -22,7 +22,17 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline.assets import cache_dir, model_path, sha256_of
+from pipeline.assets import (
+    MANIFEST,
+    CacheError,
+    cache_dir,
+    cache_problem,
+    manifest_problem,
+    model_path,
+    sha256_of,
+    writable_dir,
+    write_manifest,
+)
 from tts.engine import VoiceOptions
 
 log = logging.getLogger(__name__)
@@ -195,43 +205,71 @@ def _finish(audio: np.ndarray, gain: float) -> np.ndarray:
     return np.clip(audio, -1.0, 1.0)
 
 
+_PARTS = ("prior.onnx", "flow.onnx", "decoder.onnx")
+
+
 def _split_voice(onnx_path: Path) -> tuple[Path, Path, Path] | None:
     """Cut the voice graph into prior / flow / decoder models, once per voice file (cached by its
-    sha256). None, with a note in the log, if this voice's graph is not the one we know how to cut
-    or the `onnx` package is missing: the engine then synthesizes whole phrases."""
+    sha256, each part checked against the folder's manifest on every load: a damaged part is rebuilt,
+    not handed to onnxruntime). None, with a note in the log, if this voice's graph is not the one we
+    know how to cut or the `onnx` package is missing: the engine then synthesizes whole phrases.
+    A cache that cannot be written when the parts must be built is a `CacheError`."""
+    target = cache_dir() / "piper-stream" / sha256_of(onnx_path)[:16]
+    parts = tuple(target / name for name in _PARTS)
+    problem = manifest_problem(target, _PARTS)
+    if problem is None:
+        return parts  # type: ignore[return-value]
     try:
         import onnx
-        import onnx.utils
     except ImportError:
-        log.warning("package 'onnx' is not installed: Piper runs whole phrases (slower first audio); `pip install onnx`")
+        log.warning("package 'onnx' is not installed: Piper runs whole phrases (slower first audio); "
+                    "`pip install onnx`")
         return None
-    target = cache_dir() / "piper-stream" / sha256_of(onnx_path)[:16]
-    parts = (target / "prior.onnx", target / "flow.onnx", target / "decoder.onnx")
-    if all(p.is_file() for p in parts):
-        return parts
+    if problem != "is not built yet":
+        log.warning("voice %s: the streaming parts cached in %s %s; rebuilding them",
+                    onnx_path.name, target, problem)
     try:
         model = onnx.load(str(onnx_path))
         names = {o for n in model.graph.node for o in n.output}
         inputs = [i.name for i in model.graph.input]
-        if not {*_PRIOR_OUT, _FLOW_OUT, _DEC_OUT} <= names or inputs != ["input", "input_lengths", "scales"]:
-            log.warning("voice %s: graph not in the known Piper layout; whole-phrase synthesis", onnx_path.name)
-            return None
-        target.mkdir(parents=True, exist_ok=True)
-        cuts = ((inputs, list(_PRIOR_OUT)), (list(_PRIOR_OUT), [_FLOW_OUT]), ([_FLOW_OUT], [_DEC_OUT]))
+    except Exception as exc:  # a voice we cannot read as a graph still speaks, in whole phrases
+        log.warning("voice %s: could not read the graph for streaming (%s); whole-phrase synthesis",
+                    onnx_path.name, exc)
+        return None
+    if not {*_PRIOR_OUT, _FLOW_OUT, _DEC_OUT} <= names or inputs != ["input", "input_lengths", "scales"]:
+        log.warning("voice %s: graph not in the known Piper layout; whole-phrase synthesis", onnx_path.name)
+        return None
+    writable_dir(target)  # CacheError: say so, rather than run slower without a word of why
+    cuts = ((inputs, list(_PRIOR_OUT)), (list(_PRIOR_OUT), [_FLOW_OUT]), ([_FLOW_OUT], [_DEC_OUT]))
+    try:
+        (target / MANIFEST).unlink(missing_ok=True)  # from here until the new one, the folder is not trusted
         for path, (ins, outs) in zip(parts, cuts):
-            fd, tmp = tempfile.mkstemp(dir=target, prefix=path.name + ".")
-            os.close(fd)
-            try:
-                onnx.utils.extract_model(str(onnx_path), tmp, ins, outs)
-                os.replace(tmp, path)  # atomic: a half-written part never has the final name
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            _extract(onnx_path, path, ins, outs)
+        write_manifest(target, _PARTS)
+    except CacheError:
+        raise
+    except OSError as exc:  # permissions changed, the disk filled up
+        raise cache_problem(target, exc) from None
     except Exception as exc:  # a cut that fails must not cost the voice
-        log.warning("voice %s: could not split the graph for streaming (%s); whole-phrase synthesis", onnx_path.name, exc)
+        log.warning("voice %s: could not split the graph for streaming (%s); whole-phrase synthesis",
+                    onnx_path.name, exc)
         return None
     log.info("voice %s split for streaming into %s", onnx_path.name, target)
-    return parts
+    return parts  # type: ignore[return-value]
+
+
+def _extract(onnx_path: Path, path: Path, ins: list[str], outs: list[str]) -> None:
+    """One part, written beside its final name and renamed into place (atomic)."""
+    import onnx.utils
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    os.close(fd)
+    try:
+        onnx.utils.extract_model(str(onnx_path), tmp, ins, outs)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _resolve(voice: str) -> tuple[Path, Path]:
