@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline.audio import AudioFrame
 from pipeline.clock import Clock
+from pipeline.mic_timeline import MicTimeline
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +68,13 @@ class DeviceMicrophone:
         except Exception as exc:
             raise DeviceError(f"cannot open the microphone {self.device or '(default)'}: {exc}; "
                               "list devices with `rejoinder talk --list-devices`") from None
-        last = float("-inf")
+        timeline = MicTimeline(self.clock, name="device microphone")  # never ahead of the clock
         with stream:
             while True:
                 block = await queue.get()
-                t = max(self.clock.now() - len(block) / self.rate, last)
-                last = t + len(block) / self.rate
-                yield AudioFrame(block, self.rate, t)
+                t = timeline.stamp(len(block) / self.rate)
+                if t is not None:
+                    yield AudioFrame(block, self.rate, t)
 
 
 class DeviceSpeaker:
