@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import openai
 
@@ -49,6 +49,43 @@ class LLMError(RuntimeError):
     """The LLM endpoint could not be reached, refused the request, or did not answer in time."""
 
 
+class LLMEndpoint(Protocol):
+    """Where the client sends its requests, asked anew for each one.
+
+    A fixed URL for most uses; `agent.llm_supervisor.LLMSupervisor` for a watched endpoint, which
+    follows a restarted embedded server to its new port and refuses requests at once while the
+    endpoint is down (so a turn apologises at once instead of waiting out a connect timeout).
+    """
+
+    def current_url(self) -> str:
+        """The base URL (ending in ``/v1``) to use now; raise LLMError when the endpoint is known to be down."""
+        ...
+
+    def request_failed(self, error: LLMError) -> None:
+        """Hear that a request failed for a reason that may be the endpoint's (unreachable, 5xx, silent)."""
+        ...
+
+
+@dataclass(frozen=True)
+class FixedEndpoint:
+    """One URL, never checked: what a plain ``base_url`` means."""
+
+    url: str
+
+    def current_url(self) -> str:
+        return self.url
+
+    def request_failed(self, error: LLMError) -> None:
+        pass
+
+
+def _endpoint_trouble(e: BaseException) -> bool:
+    """Whether a failure may mean the endpoint is down or stuck (not just that our request was bad)."""
+    if isinstance(e, openai.APIStatusError):
+        return e.status_code >= 500
+    return True
+
+
 def _describe(url: str, e: BaseException) -> str:
     """One sentence on what went wrong talking to `url`, and what to do about it."""
     if isinstance(e, openai.APIStatusError):
@@ -72,35 +109,75 @@ class OpenAICompatibleLLM:
 
     Consume `stream()` inside the turn's task (or with `contextlib.aclosing`): cancelling the task,
     or closing the generator, closes the HTTP response, which makes llama.cpp stop decoding.
+    Each request first asks the `endpoint` where to go, so the client follows a supervised server
+    to the new port it restarted on; the client itself knows nothing of servers or restarts.
     """
 
-    def __init__(self, options: LLMOptions, base_url: str | None = None, prefill: bool | None = None) -> None:
-        url = base_url or options.base_url
-        if not url:
-            raise ValueError(
-                "OpenAICompatibleLLM needs a base URL: pass base_url= (e.g. from EmbeddedLLMServer.start()) "
-                "or set LLMOptions.base_url"
-            )
+    def __init__(
+        self, options: LLMOptions, base_url: str | None = None, prefill: bool | None = None,
+        *, endpoint: LLMEndpoint | None = None,
+    ) -> None:
+        if endpoint is None:
+            url = base_url or options.base_url
+            if not url:
+                raise ValueError(
+                    "OpenAICompatibleLLM needs a base URL: pass base_url= (e.g. from EmbeddedLLMServer.start()), "
+                    "endpoint= (an LLMSupervisor) or set LLMOptions.base_url"
+                )
+            endpoint = FixedEndpoint(url.rstrip("/"))
         self.options = options
-        self.base_url = url.rstrip("/")
+        self.endpoint = endpoint
         self.last_first_token_s: float | None = None  # request sent → first text delta, last stream
         # prefill(): the option if set, else what the caller knows (on for the embedded server)
         self.prefills = bool(options.prefill_while_listening if options.prefill_while_listening is not None
                              else prefill)
-        self._client = openai.AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=options.api_key,
-            timeout=openai.Timeout(options.request_timeout, connect=options.connect_timeout),
-            max_retries=0,  # a retry costs more latency than a clear failure is worth mid-conversation
-        )
+        self._client: openai.AsyncOpenAI | None = None
+        self._client_url: str | None = None
+
+    @property
+    def base_url(self) -> str | None:
+        """The URL of the last request (the endpoint's current one before any); None while it is down."""
+        if self._client_url is not None:
+            return self._client_url
+        try:
+            return self.endpoint.current_url().rstrip("/")
+        except LLMError:
+            return None
+
+    async def _api(self) -> tuple[str, openai.AsyncOpenAI]:
+        """The endpoint's URL now and a client for it; LLMError (at once) while the endpoint is down.
+
+        A restarted embedded server listens on a new port: the client for the old one is closed
+        here (its connections are dead anyway), so restarts leak no sockets."""
+        url = self.endpoint.current_url().rstrip("/")
+        if url != self._client_url or self._client is None:
+            old = self._client
+            self._client = openai.AsyncOpenAI(
+                base_url=url,
+                api_key=self.options.api_key,
+                timeout=openai.Timeout(self.options.request_timeout, connect=self.options.connect_timeout),
+                max_retries=0,  # a retry costs more latency than a clear failure is worth mid-conversation
+            )
+            self._client_url = url
+            if old is not None:
+                await old.close()
+        return url, self._client
+
+    def _failed(self, url: str, e: BaseException) -> LLMError:
+        """The LLMError for `e`, told to the endpoint when it may be the endpoint's fault."""
+        err = LLMError(_describe(url, e))
+        if _endpoint_trouble(e):
+            self.endpoint.request_failed(err)
+        return err
 
     async def check(self) -> None:
         """Probe the endpoint (list its models) within `connect_timeout`; raise LLMError if it fails."""
-        client = self._client.with_options(timeout=openai.Timeout(self.options.connect_timeout))
+        url, api = await self._api()
+        client = api.with_options(timeout=openai.Timeout(self.options.connect_timeout))
         try:
             await client.models.list()
         except openai.OpenAIError as e:
-            raise LLMError(_describe(self.base_url, e)) from e
+            raise self._failed(url, e) from e
 
     async def stream(self, messages: list[dict[str, Any]]) -> AsyncIterator[str]:
         """Yield the reply's text deltas in order; raise LLMError on failure or a late first token."""
@@ -108,12 +185,13 @@ class OpenAICompatibleLLM:
         t0 = time.monotonic()
         self.last_first_token_s = None
         response: openai.AsyncStream[Any] | None = None
+        url, api = await self._api()
         try:
             try:
                 # The deadline covers connecting, the response headers and any empty role-only chunks.
                 # No `yield` inside it: the timeout would otherwise fire in the consumer's code.
                 async with asyncio.timeout(opts.first_token_timeout):
-                    response = await self._client.chat.completions.create(
+                    response = await api.chat.completions.create(
                         model=opts.model,
                         messages=messages,  # type: ignore[arg-type]
                         temperature=opts.temperature,
@@ -123,10 +201,12 @@ class OpenAICompatibleLLM:
                     chunks = aiter(response)
                     first = await _next_text(chunks)
             except TimeoutError as e:
-                raise LLMError(
-                    f"LLM endpoint {self.base_url} sent no token within {opts.first_token_timeout:g} s; "
+                err = LLMError(
+                    f"LLM endpoint {url} sent no token within {opts.first_token_timeout:g} s; "
                     "it may be overloaded or stuck; raise first_token_timeout or check the server"
-                ) from e
+                )
+                self.endpoint.request_failed(err)
+                raise err from e
             if first is None:
                 return
             self.last_first_token_s = time.monotonic() - t0
@@ -134,7 +214,7 @@ class OpenAICompatibleLLM:
             while (text := await _next_text(chunks)) is not None:
                 yield text
         except openai.OpenAIError as e:  # transport errors mid-stream arrive wrapped as these too
-            raise LLMError(_describe(self.base_url, e)) from e
+            raise self._failed(url, e) from e
         finally:
             if response is not None:
                 await response.close()  # closes the connection: the server cancels its decode
@@ -146,19 +226,28 @@ class OpenAICompatibleLLM:
         if not self.prefills:
             return False
         try:
+            url, api = await self._api()
+        except LLMError as e:  # the endpoint is down: the turn itself will say so
+            log.debug("prefill skipped: %s", e)
+            return False
+        try:
             async with asyncio.timeout(self.options.first_token_timeout):
-                await self._client.chat.completions.create(
+                await api.chat.completions.create(
                     model=self.options.model, messages=messages,  # type: ignore[arg-type]
                     max_tokens=1, temperature=0.0, stream=False,
                 )
             return True
         except (openai.OpenAIError, TimeoutError) as e:
-            log.debug("prefill to %s failed: %s", self.base_url, e)
+            log.debug("prefill to %s failed: %s", url, e)
+            if _endpoint_trouble(e):
+                self.endpoint.request_failed(LLMError(_describe(url, e)))
             return False
 
     async def aclose(self) -> None:
         """Close the underlying HTTP client."""
-        await self._client.close()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     async def __aenter__(self) -> OpenAICompatibleLLM:
         return self

@@ -81,6 +81,13 @@ class EmbeddedLLMServer:
         """Process id of the child while one has been started (kept after stop, for checks)."""
         return self._proc.pid if self._proc is not None else None
 
+    async def wait(self) -> int | None:
+        """Return the child's exit code once it has exited (None at once if none was started).
+
+        The supervisor awaits this to notice a crash (or a ``kill -9``) the moment it happens."""
+        proc = self._proc
+        return None if proc is None else await proc.wait()
+
     async def start(self) -> str:
         """Start the child, wait until ``GET /health`` answers ok, and return ``http://host:port/v1``."""
         if self._proc is not None and self._proc.returncode is None:

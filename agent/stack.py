@@ -9,13 +9,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 from agent.config import AgentConfig
 from agent.context import Conversation
 from agent.llm import LLMError, OpenAICompatibleLLM
 from agent.llm_server import EmbeddedLLMServer
+from agent.llm_supervisor import LLMSupervisor, SupervisorOptions
 from agent.prompts import PRIMER
 from agent.turns import TurnManager, TurnOptions
 from pipeline.clock import Clock
@@ -39,6 +41,17 @@ class AgentStack:
     llm: OpenAICompatibleLLM
     cache: PhraseCache = field(default_factory=PhraseCache)
     load_times: dict[str, float] = field(default_factory=dict)
+    llm_supervisor: LLMSupervisor | None = None  # None: an unwatched LLM, always reported up
+
+    def health(self) -> dict[str, Any]:
+        """What `/health` serves: ``ok`` is False while the LLM is not up (replies would only apologise).
+
+        STT and TTS run in this process: once loaded they are up for as long as it is."""
+        if self.llm_supervisor is not None:
+            llm = self.llm_supervisor.health()
+        else:
+            llm = {"state": "up", "restarts": 0, "last_error": None, "url": self.llm.base_url}
+        return {"ok": llm["state"] == "up", "components": {"llm": llm, "stt": {"state": "up"}, "tts": {"state": "up"}}}
 
     def new_session(
         self, clock: Clock, sink: Sink, output_rate: int = 24_000, on_event: Callable[[dict], None] | None = None,
@@ -62,20 +75,28 @@ class AgentStack:
 
 
 @contextlib.asynccontextmanager
-async def load_stack(config: AgentConfig, progress: Callable[[str], None] = lambda s: None):
-    """Load models and reach (or start) the LLM. Fails fast with a clear message on any of them."""
+async def load_stack(
+    config: AgentConfig, progress: Callable[[str], None] = lambda s: None,
+    supervisor_options: SupervisorOptions | None = None,
+):
+    """Load models and reach (or start) the LLM. Fails fast with a clear message on any of them.
+
+    The LLM is supervised from then on: an embedded server that dies or hangs is restarted, a
+    remote endpoint that goes away is probed until it answers again (`AgentStack.health()`)."""
     times: dict[str, float] = {}
     async with contextlib.AsyncExitStack() as stack:
-        server: EmbeddedLLMServer | None = None
-        server_start: asyncio.Task | None = None
-        if not config.llm.base_url:
+        if config.llm.base_url:
+            supervisor = LLMSupervisor(url=config.llm.base_url, api_key=config.llm.api_key, options=supervisor_options)
+        else:
             progress("starting the embedded LLM (Qwen2.5 0.5B, llama.cpp)…")
             server = EmbeddedLLMServer(
                 n_threads=config.embedded_llm.threads, n_ctx=config.embedded_llm.n_ctx,
                 warm_system_prompt=config.system_prompt, warm_primer=PRIMER,
             )
-            stack.push_async_callback(server.stop)
-            server_start = asyncio.create_task(server.start())  # loads while we load the rest
+            supervisor = LLMSupervisor(server=server, options=supervisor_options)
+        stack.push_async_callback(supervisor.aclose)
+        llm_start = asyncio.create_task(supervisor.start())  # the embedded model loads while we load the rest
+        stack.push_async_callback(_cancel, llm_start)  # runs before aclose: a failed load stops the start
         t = time.perf_counter()
         progress(f"loading speech recognition ({config.stt.url or 'Whisper ' + config.stt.model})…")
         stt = await asyncio.to_thread(load_engine, config.stt)
@@ -87,16 +108,19 @@ async def load_stack(config: AgentConfig, progress: Callable[[str], None] = lamb
         )
         times["tts_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        if server_start is not None:
-            url = await server_start
-        else:
-            url = config.llm.base_url
-        llm = OpenAICompatibleLLM(config.llm, base_url=url, prefill=server is not None)
+        await llm_start
+        llm = OpenAICompatibleLLM(config.llm, endpoint=supervisor, prefill=not config.llm.base_url)
         stack.push_async_callback(llm.aclose)
         await llm.check()
         times["llm_s"] = time.perf_counter() - t
         progress("ready.")
-        yield AgentStack(config, stt, tts, llm, load_times=times)
+        yield AgentStack(config, stt, tts, llm, load_times=times, llm_supervisor=supervisor)
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    if not task.done():
+        task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 __all__ = ["AgentStack", "load_stack", "LLMError"]

@@ -199,6 +199,66 @@ async def test_closing_the_generator_closes_the_stream(fake: FakeServer) -> None
         await asyncio.wait_for(fake.disconnected.wait(), 2)
 
 
+class MovableEndpoint:
+    """A hand-moved `LLMEndpoint` (what the supervisor does after a restart), recording what it is told."""
+
+    def __init__(self, url: str) -> None:
+        self.url: str | None = url
+        self.failures: list[LLMError] = []
+
+    def current_url(self) -> str:
+        if self.url is None:
+            raise LLMError("LLM endpoint is down (test)")
+        return self.url
+
+    def request_failed(self, error: LLMError) -> None:
+        self.failures.append(error)
+
+
+async def test_the_client_follows_its_endpoint_to_a_new_url(fake: FakeServer) -> None:
+    """A restarted embedded server listens on a new port: the next request goes there, and the
+    client for the old address is closed (no socket left behind per restart)."""
+    endpoint = MovableEndpoint(fake.url("ok"))
+    async with OpenAICompatibleLLM(LLMOptions(model="fake"), endpoint=endpoint) as llm:
+        assert [t async for t in llm.stream(MESSAGES)] == DELTAS
+        old = llm._client
+        endpoint.url = fake.url("fail")
+        with pytest.raises(LLMError, match=f"{fake.url('fail')} answered HTTP 500"):
+            [t async for t in llm.stream(MESSAGES)]
+        assert old is not None and old.is_closed() and llm._client is not old
+        assert llm.base_url == fake.url("fail")
+
+
+async def test_a_down_endpoint_fails_fast_without_a_request(fake: FakeServer) -> None:
+    endpoint = MovableEndpoint(fake.url("ok"))
+    endpoint.url = None
+    async with OpenAICompatibleLLM(LLMOptions(model="fake"), endpoint=endpoint, prefill=True) as llm:
+        t0 = time.monotonic()
+        with pytest.raises(LLMError, match="is down"):
+            [t async for t in llm.stream(MESSAGES)]
+        assert time.monotonic() - t0 < 0.05
+        assert await llm.prefill(MESSAGES) is False  # a prefill never raises
+        with pytest.raises(LLMError, match="is down"):
+            await llm.check()
+        assert llm.base_url is None
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("mode, reported", [("closed", True), ("fail", True), ("stall_headers", True),
+                                            ("no_such_route", False)])
+async def test_the_endpoint_hears_of_failures_that_may_be_its_own(fake: FakeServer, mode: str, reported: bool) -> None:
+    """Unreachable, 5xx and silent endpoints are reported (the supervisor probes at once); a 404 is
+    our request's fault and is not."""
+    url = {"closed": f"http://127.0.0.1:{_closed_port()}/v1",
+           "no_such_route": f"http://127.0.0.1:{fake.port}/v1"}.get(mode) or fake.url(mode)
+    endpoint = MovableEndpoint(url)
+    opts = LLMOptions(model="fake", first_token_timeout=0.3, connect_timeout=0.5)
+    async with OpenAICompatibleLLM(opts, endpoint=endpoint) as llm:
+        with pytest.raises(LLMError) as info:
+            [t async for t in llm.stream(MESSAGES)]
+    assert endpoint.failures == ([info.value] if reported else [])
+
+
 def test_options_need_a_url() -> None:
     with pytest.raises(ValueError, match="base URL"):
         OpenAICompatibleLLM(LLMOptions())
