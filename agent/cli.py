@@ -90,7 +90,8 @@ def model_options(f):
 
 
 def _overrides(stt_model=None, stt_url=None, llm_url=None, llm_model=None, voice=None, rate=None) -> dict:
-    return {"stt.model": stt_model, "stt.url": stt_url, "llm.url": llm_url, "llm.model": llm_model, "tts.voice": voice, "tts.rate": rate}
+    return {"stt.model": stt_model, "stt.url": stt_url, "llm.url": llm_url, "llm.model": llm_model,
+            "tts.voice": voice, "tts.rate": rate}
 
 
 @main.command()
@@ -99,8 +100,10 @@ def _overrides(stt_model=None, stt_url=None, llm_url=None, llm_model=None, voice
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Stereo timeline WAV (user L, agent R).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Per-turn metrics JSON.")
 @click.option("--fast", is_flag=True, help="Virtual clock: skip idle waiting (compute still costs real time).")
-@click.option("--gap", type=float, default=1.0, show_default=True, help="Seconds between the agent's reply and the next turn.")
-@click.option("--interrupt-after", type=float, help="Start the next turn this many seconds after the agent's first audio (barge-in).")
+@click.option("--gap", type=float, default=1.0, show_default=True,
+              help="Seconds between the agent's reply and the next turn.")
+@click.option("--interrupt-after", type=float,
+              help="Start the next turn this many seconds after the agent's first audio (barge-in).")
 @click.option("--echo-db", type=float, help="Mix the agent's own output back into its input at this level (e.g. -10).")
 @click.option("--echo-delay-ms", type=float, default=100.0, show_default=True, help="Delay of that echo.")
 @model_options
@@ -294,7 +297,8 @@ def say(ctx, text, out, as_json, voice, rate, volume) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures as JSON.")
 @click.option("--reps", type=int, default=5, show_default=True, help="Repetitions of each input.")
 @click.option("--load", type=click.Choice(["llm", "burn", "none"]), default="llm", show_default=True,
-              help="What keeps the cores busy for the loaded run: the embedded LLM decoding (+1 busy loop), two busy loops, or no loaded run.")
+              help="What keeps the cores busy for the loaded run: the embedded LLM decoding (+1 busy loop), "
+                   "two busy loops, or no loaded run.")
 @click.option("--threads", type=int, help="ONNX threads for Piper (default: the configured tts.threads).")
 @click.option("--voice", help="piper-joe (default) or a path to a Piper .onnx voice.")
 @click.pass_context
@@ -322,19 +326,23 @@ def turns_bench(ctx, json_path, delays, **models) -> None:
     from agent.turns_bench import run_turns_bench
 
     cfg = _config(ctx, **_overrides(**models))
-    kwargs = {"delays_ms": tuple(delays)} if delays else {}
-    doc = _run(run_turns_bench(cfg, progress=_progress, **kwargs))
+    if delays:
+        doc = _run(run_turns_bench(cfg, delays_ms=tuple(delays), progress=_progress))
+    else:
+        doc = _run(run_turns_bench(cfg, progress=_progress))
     _write_json(doc, json_path, also_stdout=True)
 
 
 @main.command()
-@click.option("--turns", type=int, default=10, show_default=True, help="User turns per configuration (and per session).")
+@click.option("--turns", type=int, default=10, show_default=True,
+              help="User turns per configuration (and per session).")
 @click.option("--sessions", type=int, default=1, show_default=True, help="Also run this many calls at once (load).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the figures here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG chart here.")
 @click.option("--url", help="Bench a running `rejoinder serve` (http://HOST:PORT) instead of starting one here.")
 @click.option("--browser", is_flag=True, help="Also run the plain turns through headless Chromium.")
-@click.option("--compare", metavar="KEY=A,B", help="Configurations side by side, alternating (e.g. stt.model=tiny.en,base).")
+@click.option("--compare", metavar="KEY=A,B",
+              help="Configurations side by side, alternating (e.g. stt.model=tiny.en,base).")
 @click.option("--fast-start", is_flag=True, help="No warm-up call and shorter pauses between turns (for tests).")
 @model_options
 @click.pass_context

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -98,10 +99,9 @@ class EmbeddedLLMServer:
             from pipeline.assets import model_file
 
             model = await asyncio.to_thread(model_file, DEFAULT_MODEL_KEY)  # sha256 of ~0.5 GB
-        if not Path(model).is_file():
+        if not await asyncio.to_thread(Path(model).is_file):
             raise EmbeddedLLMError(f"LLM model file {model} does not exist; pass an existing GGUF path")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.log_path, "ab")
+        self._log_file = await asyncio.to_thread(self._open_log)
         self._log_offset = self._log_file.tell()
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
@@ -135,6 +135,18 @@ class EmbeddedLLMServer:
         self.startup_seconds = time.monotonic() - t0
         log.info("embedded LLM server at %s (pid %s) ready in %.2f s", self.base_url, self.pid, self.startup_seconds)
         return self.base_url
+
+    def _open_log(self) -> IO[bytes]:
+        """The child's log, in the cache; in the temp folder when the cache cannot be written (a
+        read-only cache with every model in it must still start)."""
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            return open(self.log_path, "ab")
+        except OSError as exc:
+            fallback = Path(tempfile.gettempdir()) / "rejoinder-llm-server.log"
+            log.warning("cannot write the LLM log %s (%s); logging to %s", self.log_path, exc.strerror, fallback)
+            self.log_path = fallback
+            return open(fallback, "ab")
 
     async def _wait_ready(self, read_fd: int, deadline: float) -> str:
         """Read the child's listening address from the pipe, then poll /health until it says ok."""
@@ -183,7 +195,8 @@ class EmbeddedLLMServer:
             async with http.post(f"{self.base_url}/chat/completions", json=body) as r:
                 if r.status != 200:
                     raise EmbeddedLLMError(
-                        f"warming the prompt cache failed (HTTP {r.status}): {(await r.text())[:300]}; see {self.log_path}"
+                        f"warming the prompt cache failed (HTTP {r.status}): {(await r.text())[:300]}; "
+                        f"see {self.log_path}"
                     )
 
     def log_tail(self, lines: int = 20) -> str:

@@ -40,7 +40,8 @@ class EchoOptions:
     window_ms: float = 1000.0  # audio used for each delay/gain estimate
     min_correlation: float = 0.7  # below this the estimate is not trusted (e.g. user talking over)
     min_echo_ms: float = 300.0  # voiced reference an estimate needs in its window (less: a wrong lag wins)
-    search_s: float = 1.5  # agent-audible time to find an echo path (> max delay); none → no echo (headset, browser AEC)
+    # agent-audible time to find an echo path (> max delay); none found → no echo (headset, browser AEC)
+    search_s: float = 1.5
     # ...counted only while the microphone is this far below the agent's output (-15 dB over a
     # search window): a quiet microphone is evidence of no echo; a loud one (echo, or the user
     # talking over) is evidence of nothing
@@ -187,6 +188,8 @@ class EchoCanceller:
     def _count_search(self, seconds: float) -> None:
         """A search tick counts toward "no echo" only if the agent's voice is in the reference and
         the microphone stayed far quieter than it over the window, where an echo would have shown."""
+        if self._mic_end is None:  # no microphone audio yet: nothing to judge
+            return
         window = np.concatenate(self._mic_hist)
         ref = self._ref_segment(self._mic_end - len(window) - self._max_lag, len(window) + self._max_lag)
         ref_energy = float(np.mean(ref**2))

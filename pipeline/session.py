@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterable
+from collections.abc import AsyncIterable
 
 from agent.turns import TurnManager
 from pipeline.audio import AudioFrame, sanitize

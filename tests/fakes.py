@@ -39,7 +39,8 @@ class FakeLLM:
 
     def __init__(self, clock: Clock, replies: list[str], token_s: float = 0.03, fail_after: int | None = None,
                  ttft_s: float = 0.1) -> None:
-        self.clock, self.replies, self.token_s, self.fail_after, self.ttft_s = clock, list(replies), token_s, fail_after, ttft_s
+        self.clock, self.replies, self.token_s = clock, list(replies), token_s
+        self.fail_after, self.ttft_s = fail_after, ttft_s
         self.requests: list[list[dict]] = []
         self.closed = 0
         self.prefilled: list[list[dict]] = []  # prompts read ahead by prefill()

@@ -364,3 +364,19 @@ def test_child_exits_when_parent_dies(tmp_path: Path) -> None:
     while not _gone(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _gone(pid), f"orphaned llm child {pid} is still running"
+
+
+def test_the_llm_log_falls_back_to_the_temp_folder_when_the_cache_cannot_be_written(tmp_path):
+    """A read-only (or broken) cache must not stop the embedded LLM: its log goes to the temp folder.
+    No model is started: `_open_log` is what `start()` calls first."""
+    from agent.llm_server import EmbeddedLLMServer
+
+    blocker = tmp_path / "cache-is-a-file"
+    blocker.write_text("")
+    server = EmbeddedLLMServer(model_path=tmp_path / "none.gguf", log_path=blocker / "logs" / "llm-server.log")
+    f = server._open_log()
+    try:
+        assert Path(f.name).parent != blocker and server.log_path == Path(f.name)
+        f.write(b"ok\n")
+    finally:
+        f.close()

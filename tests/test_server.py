@@ -260,8 +260,9 @@ async def test_serve_over_https_and_announce_the_url(tmp_path):
     from transport.server import serve
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    await asyncio.to_thread(
+        subprocess.run, ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                         "/CN=localhost", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     opts = ServeOptions(port=0, cert=cert, key=key)
     lines: list[str] = []
     task = asyncio.create_task(serve(FakeStack(), opts, announce=lines.append))

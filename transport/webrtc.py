@@ -15,7 +15,8 @@ import json
 import logging
 import time
 from collections import deque
-from typing import Any, AsyncIterator, Callable, Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 import av
 import numpy as np
@@ -140,7 +141,7 @@ class AgentAudioTrack(MediaStreamTrack):
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), self._grace_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         pcm = self._frames.popleft() if self._frames else np.zeros(OUT_FRAME, np.int16)
         if len(pcm) != OUT_FRAME:

@@ -17,8 +17,8 @@ import os
 import tempfile
 import threading
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -112,7 +112,8 @@ class PiperEngine:
         parts = [a for a, _ in self.stream(text)]
         return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
-    def stream(self, text: str, first_samples: int | None = None, raw: bool = False) -> Iterator[tuple[np.ndarray, int]]:
+    def stream(self, text: str, first_samples: int | None = None,
+               raw: bool = False) -> Iterator[tuple[np.ndarray, int]]:
         """Blocking iterator over a phrase's audio: (piece, expected total samples of the phrase).
         Each `next()` is one bounded ONNX call (tens of ms), so a caller can stop
         between pieces: that is how a cancelled request stops within the phrase in flight."""
@@ -133,7 +134,8 @@ class PiperEngine:
                 "input": np.array([ids], dtype=np.int64),
                 "input_lengths": np.array([len(ids)], dtype=np.int64),
                 "scales": np.array(
-                    [self._config.noise_scale, self._config.length_scale / self.options.rate, self._config.noise_w_scale],
+                    [self._config.noise_scale, self._config.length_scale / self.options.rate,
+                     self._config.noise_w_scale],
                     dtype=np.float32,
                 ),
             }
@@ -170,7 +172,8 @@ class PiperEngine:
                     s = z_done
                     e = min(frames, max(hi, s + (FLOW_BLOCK if s else 0)))
                     flo, fhi = max(0, s - FLOW_PAD), min(frames, e + FLOW_PAD)
-                    out = self._flow.run([_FLOW_OUT], {_PRIOR_OUT[0]: zp[:, :, flo:fhi], _PRIOR_OUT[1]: mask[:, :, flo:fhi]})[0]
+                    feeds = {_PRIOR_OUT[0]: zp[:, :, flo:fhi], _PRIOR_OUT[1]: mask[:, :, flo:fhi]}
+                    out = self._flow.run([_FLOW_OUT], feeds)[0]
                     z[:, :, s:e] = out[:, :, s - flo : e - flo]
                     z_done = e
                 audio = self._dec.run([_DEC_OUT], {_FLOW_OUT: z[:, :, lo:hi]})[0].reshape(-1)
