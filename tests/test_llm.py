@@ -345,6 +345,7 @@ async def _prompt_tokens_read(url: str, messages: list[dict]) -> int:
             return (await r.json())["timings"]["prompt_n"]
 
 
+@pytest.mark.models  # starts the real embedded server
 def test_child_exits_when_parent_dies(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import asyncio, os

@@ -28,6 +28,8 @@ from tests.fakes import FakeStack
 from transport.client import AgentCall, ScriptedMicTrack
 from transport.server import OPTIONS, PEERS, ServeOptions, is_loopback, make_app
 
+pytestmark = pytest.mark.webrtc  # real aiortc peers (and one headless Chromium) on loopback
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 

@@ -33,6 +33,8 @@ from tests.fakes import FakeStack
 from transport.client import AgentCall, ScriptedMicTrack
 from transport.server import PEERS, ServeOptions
 
+pytestmark = pytest.mark.webrtc  # a real server on loopback; real aiortc peers and Chromium in some
+
 ROOT = Path(__file__).resolve().parents[1]
 STATIC = ROOT / "transport" / "static"
 CHROMIUM = "/usr/bin/chromium"
