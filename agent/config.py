@@ -39,7 +39,15 @@ class EmbeddedLLMOptions:
     # first token 280 vs 460 ms and server voice-to-voice p50 830 vs 1030 ms, with no underruns;
     # STT and TTS passes are short and interleave with decoding.
     threads: int = 2
-    n_ctx: int = 4096
+    n_ctx: int = 4096  # per slot
+    # Replies decoded side by side: with one slot a second call's reply waited behind the first
+    # call's whole reply (first token 1.1-6.9 s with two calls). A single call keeps to the slot
+    # holding its cached prompt, so prefill still hits.
+    slots: int = 2
+
+    def __post_init__(self) -> None:
+        if self.threads < 1 or self.slots < 1 or self.n_ctx < 256:
+            raise ValueError(f"embedded_llm needs threads >= 1, slots >= 1 and n_ctx >= 256, got {self}")
 
 
 @dataclass
@@ -78,6 +86,14 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> AgentConfig
     for dotted, value in overrides.items():
         if value is not None:
             _set(cfg, dotted, value, source="command line")
+    for section in _SECTIONS.values():  # once every value is in: options checked together
+        options = getattr(cfg, section)
+        check = getattr(options, "__post_init__", None)
+        if check is not None:
+            try:
+                check()
+            except ValueError as exc:
+                raise ValueError(f"[{section}]: {exc}") from None
     return cfg
 
 

@@ -90,7 +90,8 @@ async def load_stack(
         else:
             progress("starting the embedded LLM (Qwen2.5 0.5B, llama.cpp)…")
             server = EmbeddedLLMServer(
-                n_threads=config.embedded_llm.threads, n_ctx=config.embedded_llm.n_ctx,
+                n_threads=config.embedded_llm.threads, n_parallel=config.embedded_llm.slots,
+                n_ctx=config.embedded_llm.n_ctx * config.embedded_llm.slots,  # llama.cpp splits it over the slots
                 warm_system_prompt=config.system_prompt, warm_primer=PRIMER,
             )
             supervisor = LLMSupervisor(server=server, options=supervisor_options)

@@ -37,3 +37,15 @@ def test_unknown_names_are_errors(tmp_path, text, message):
 def test_missing_file():
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_config("/nonexistent/r.toml")
+
+
+def test_options_set_from_a_file_are_checked_together(tmp_path):
+    """A bad value in the file is a one-line error naming its section, not a crash at start-up;
+    values that are only valid together (pause before hangover) may come in any order."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[embedded_llm]\nslots = 0\n")
+    with pytest.raises(ValueError, match=r"\[embedded_llm\].*slots"):
+        load_config(bad)
+    good = tmp_path / "good.toml"
+    good.write_text("[vad]\npause_ms = 800\nhangover_ms = 1000\n")
+    assert load_config(good).vad.hangover_ms == 1000
