@@ -174,7 +174,7 @@ def _child_pids() -> set[int]:
     return kids
 
 
-async def test_twenty_connect_disconnect_cycles_leak_nothing(start_server):
+async def test_a_hundred_connect_disconnect_cycles_leak_nothing(start_server):
     """Fake agent stack (see the module docstring); real server, peers, tracks and client."""
     srv = await start_server()
 
@@ -192,7 +192,8 @@ async def test_twenty_connect_disconnect_cycles_leak_nothing(start_server):
     tasks0 = len(asyncio.all_tasks())
     threads0 = len([t for t in threading.enumerate() if not t.name.startswith("asyncio_")])
     kids0 = _child_pids()
-    for _ in range(20):
+    fds0 = len(os.listdir("/proc/self/fd"))
+    for _ in range(100):
         await cycle()
     await asyncio.sleep(0.5)
     gc.collect()
@@ -204,6 +205,7 @@ async def test_twenty_connect_disconnect_cycles_leak_nothing(start_server):
     assert len(others) <= threads0, others
     assert len(pool) <= min(32, (os.cpu_count() or 1) + 4)
     assert _child_pids() <= kids0
+    assert len(os.listdir("/proc/self/fd")) <= fds0 + 2, "file descriptors piled up (sockets, pipes)"
     assert len(srv.app[PEERS]) == 0
 
 
