@@ -135,7 +135,8 @@ def converse(ctx, inputs, out, json_path, fast, gap, interrupt_after, echo_db, e
                    "a proxy); repeatable. Loopback names, --host and the server's own addresses always work.")
 @click.option("--cert", type=click.Path(dir_okay=False, path_type=Path), help="TLS certificate (PEM) for HTTPS.")
 @click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="TLS private key (PEM) for HTTPS.")
-@click.option("--max-sessions", type=int, default=4, show_default=True, help="Concurrent browser sessions.")
+@click.option("--max-sessions", type=int, default=1, show_default=True,
+              help="Concurrent calls; beyond it 503 'busy'. 1 is what 2 cores serve well (README: Reliability).")
 @model_options
 @click.pass_context
 def serve(ctx, host, port, ice_servers, token, allow_hosts, cert, key, max_sessions, **models) -> None:

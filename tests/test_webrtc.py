@@ -98,7 +98,7 @@ async def server():
     from agent.stack import load_stack
 
     async with load_stack(load_config()) as stack:
-        app = make_app(stack, ServeOptions(port=0))
+        app = make_app(stack, ServeOptions(port=0, max_sessions=4))  # tests follow each other fast
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -65,7 +65,10 @@ class ServeOptions:
     token: str | None = None  # required on every route but the page when set; generated off loopback
     cert: Path | None = None
     key: Path | None = None
-    max_sessions: int = 4  # each session transcribes and synthesizes on the same 2 cores
+    # What a 2-core machine serves at a conversational voice-to-voice: measured from outside, 1 call
+    # p50 1.9-2.1 s, 2 calls 4.5-6.3 s, 3 calls 10.5 s with LLM timeouts (README "Reliability").
+    # Beyond it a call gets 503 "busy, try again" instead of being admitted and starved.
+    max_sessions: int = 1
     max_body_bytes: int = 64 * 1024
     max_sdp_bytes: int = 32 * 1024
     max_json_depth: int = 32  # an offer is 1 level deep; Python's parser recurses per level
