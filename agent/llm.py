@@ -15,9 +15,12 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import openai
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +196,8 @@ class OpenAICompatibleLLM:
                 async with asyncio.timeout(opts.first_token_timeout):
                     response = await api.chat.completions.create(
                         model=opts.model,
-                        messages=messages,  # type: ignore[arg-type]
+                        # our plain dicts are message params; typed, stream=True picks the AsyncStream overload
+                        messages=cast("list[ChatCompletionMessageParam]", messages),
                         temperature=opts.temperature,
                         max_tokens=opts.max_tokens,
                         stream=True,

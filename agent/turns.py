@@ -20,8 +20,9 @@ import enum
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -161,11 +162,15 @@ class TurnManager:
             self._continuing = True
             self._discard(self._preempt)
             self._preempt = None
-            self._keep_words(self.transcriber.handle(event))
+            final = self.transcriber.handle(event)
+            assert final is not None, "SpeechEnded always gives the final-transcript task"
+            self._keep_words(final)
         elif isinstance(event, SpeechEnded) and self._candidate is not None:
             m = self._pending_user or TurnMetrics(index=len(self.turns), user_started=event.started)
             self._pending_user, onset, self._candidate = None, self._candidate, None
-            self._spawn(self._judge(m, event, self.transcriber.handle(event), onset))
+            final = self.transcriber.handle(event)
+            assert final is not None, "SpeechEnded always gives the final-transcript task"
+            self._spawn(self._judge(m, event, final, onset))
         elif isinstance(event, SpeechEnded):
             m = self._pending_user or TurnMetrics(index=len(self.turns), user_started=event.started)
             self._pending_user = None
@@ -173,6 +178,7 @@ class TurnManager:
             self.turns.append(m)
             self._set_state(State.THINKING)
             final = self.transcriber.handle(event)
+            assert final is not None, "SpeechEnded always gives the final-transcript task"
             p, self._preempt = self._preempt, None
             if p is not None and p.task is not None and not p.task.done() and p.last_voiced == event.last_voiced:
                 m.preemptive = True

@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -107,6 +108,7 @@ class StreamingTranscriber:
     # --- events --------------------------------------------------------------------------------
     def handle(self, event: VADEvent) -> asyncio.Task[Transcript] | None:
         """Feed one VAD event; for `SpeechEnded`, return the task that yields the final transcript."""
+        spec: _Speculation | None
         if isinstance(event, SpeechStarted):
             self._new_utterance()
             self._speaking = True

@@ -153,6 +153,7 @@ class WhisperEngine:
     def _short(self, audio: np.ndarray, window_s: float, prompt: str | None) -> tuple[str | None, str]:
         """(text, "") or (None, why the output was rejected)."""
         o, tok = self.options, self._tokenizer
+        assert tok is not None, "the short path runs only with a tokenizer (see window_s)"
         frames = int(window_s * _FRAMES_PER_S)
         features = self._model.feature_extractor(audio)[:, :frames]
         # Zero padding in feature space, as faster-whisper pads its 30 s window (measured: padding the

@@ -10,8 +10,8 @@ import asyncio
 import dataclasses
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 
 import numpy as np
 

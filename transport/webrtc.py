@@ -16,7 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import av
 import numpy as np
@@ -27,6 +27,11 @@ from pipeline.audio import AudioFrame
 from pipeline.clock import Clock, RealClock
 from pipeline.mic_timeline import MicTimeline
 from transport.guard import BadJSON, loads_bounded
+
+if TYPE_CHECKING:
+    from aiortc import RTCDataChannel
+
+    from transport.playout import Playout
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +53,8 @@ def frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
     else:
         data = data.reshape(-1, channels).T  # packed: interleaved in one row
     if data.dtype.kind in "iu":
-        data = data.astype(np.float32) / (float(np.iinfo(data.dtype).max) + 1.0)
+        # PyAV types to_ndarray() as a float|int array union; the kind check leaves only integer dtypes
+        data = data.astype(np.float32) / (float(np.iinfo(data.dtype).max) + 1.0)  # type: ignore[type-var]
     mono = data.mean(axis=0) if channels > 1 else data[0]
     return np.ascontiguousarray(mono, dtype=np.float32)
 
@@ -202,6 +208,8 @@ def enable_loopback_candidates() -> None:
 
 # --- one browser ---------------------------------------------------------------------------------
 class SessionLike(Protocol):
+    playout: Playout  # paced and pulled by the outgoing track
+
     async def run(self, frames: AsyncIterator[AudioFrame]) -> None: ...
 
 
@@ -224,7 +232,7 @@ class PeerSession:
         self.clock = RealClock()
         self.pc = RTCPeerConnection(rtc_configuration(ice_servers or []))
         self.out_track = AgentAudioTrack()
-        self.channel = None
+        self.channel: RTCDataChannel | None = None  # the browser's "events" channel, once it opens one
         self.idle_timeout_s, self.connect_timeout_s = idle_timeout_s, connect_timeout_s
         self.created = time.monotonic()
         self.connected_at: float | None = None
@@ -283,6 +291,7 @@ class PeerSession:
 
     def _flush_pending(self) -> None:
         pending, self._pending = self._pending, []
+        assert self.channel is not None, "flushed only from _on_datachannel, which set the channel"
         for text in pending:
             self.channel.send(text)
 

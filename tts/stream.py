@@ -18,8 +18,9 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import AsyncIterable, AsyncIterator, Callable, Iterator
+from typing import cast
 
 import numpy as np
 
@@ -96,7 +97,7 @@ class StreamingTTS:
         req = self._active.get(request_id)
         return req.metrics if req else None
 
-    async def speak(self, text: str, request_id: str | None = None) -> AsyncIterator[AudioChunk]:
+    async def speak(self, text: str, request_id: str | None = None) -> AsyncGenerator[AudioChunk, None]:
         """Full text in: split into phrases (first one short), then stream."""
 
         async def one() -> AsyncIterator[str]:
@@ -108,7 +109,7 @@ class StreamingTTS:
 
     async def stream_text(
         self, deltas: AsyncIterable[str], request_id: str | None = None, on_phrase: Callable[[str], None] | None = None
-    ) -> AsyncIterator[AudioChunk]:
+    ) -> AsyncGenerator[AudioChunk, None]:
         """Incremental text in (LLM deltas as they arrive); phrases are cut and spoken as soon as complete."""
 
         async def phrases() -> AsyncIterator[str]:
@@ -129,7 +130,7 @@ class StreamingTTS:
 
     async def stream_phrases(
         self, phrases: AsyncIterable[str], request_id: str | None = None
-    ) -> AsyncIterator[AudioChunk]:
+    ) -> AsyncGenerator[AudioChunk, None]:
         """Ready phrases in (already normalized or not), chunks out; always ends with a final chunk
         unless cancelled. Close the generator (`contextlib.aclosing`) when abandoning it early, so
         the request ends at once rather than when it is garbage-collected."""
@@ -148,8 +149,10 @@ class StreamingTTS:
             nonlocal index, offset, last_ready, playhead
             now = time.perf_counter()
             if m.ttfa_ms is None:
+                assert first_text_at is not None, "a chunk is emitted only after a phrase's text arrived"
                 m.ttfa_ms = (now - first_text_at) * 1000
                 playhead = now
+            assert playhead is not None, "the first chunk (ttfa) set the playhead"
             if last_ready is not None:
                 m.chunk_gaps_ms.append((now - last_ready) * 1000)
             if now > playhead:  # the player would have run dry waiting for this chunk
@@ -204,9 +207,10 @@ class StreamingTTS:
                     if source is not None:
                         item = next(source, _END)
                     else:
+                        assert pieces is not None, "no cached audio: the engine's pieces were set above"
                         item = await self._step(req, pieces, m)
                     if item is not _END:
-                        piece, total = item
+                        piece, total = cast("tuple[np.ndarray, int]", item)  # not _END: a (samples, phrase total) piece
                         if piece.size:
                             buf.append(piece)
                             held += piece.size
@@ -255,6 +259,7 @@ class StreamingTTS:
             return
         req.acked = True
         req.metrics.cancelled = True
+        assert req.cancel_at is not None, "a request is acknowledged only after its cancel was requested"
         req.metrics.cancellation_latency_ms = (time.perf_counter() - req.cancel_at) * 1000
 
     def _check(self, req: _Request) -> None:
