@@ -18,9 +18,9 @@ import os
 import resource
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from agent.config import AgentConfig, load_config
 
@@ -61,15 +61,16 @@ class Sample:
     children: int
     sessions: int
     ok: bool
+    cache_mb: float = 0.0  # audio held by the stack's phrase cache (part of RSS, bounded by its cap)
 
     def as_dict(self) -> dict:
         return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
-def sample(call: int, sessions: int, ok: bool) -> Sample:
+def sample(call: int, sessions: int, ok: bool, cache_mb: float = 0.0) -> Sample:
     gc.collect()
     return Sample(call, rss_mb(), threading.active_count(), len(os.listdir("/proc/self/fd")),
-                  len(asyncio.all_tasks()), children(), sessions, ok)
+                  len(asyncio.all_tasks()), children(), sessions, ok, cache_mb)
 
 
 async def run_soak(config: AgentConfig | None = None, calls: int = 200, warmup: int = 20,
@@ -104,11 +105,11 @@ async def run_soak(config: AgentConfig | None = None, calls: int = 200, warmup: 
                 progress(f"call {n} failed: {exc}")
                 ok = False
             await asyncio.sleep(0.5)  # teardown of the server's side of the call
-            samples.append(sample(n, len(app[PEERS]), ok))
+            samples.append(sample(n, len(app[PEERS]), ok, stack.cache.held_bytes / 2**20))
             if n % 10 == 0 or n == calls:
                 s = samples[-1]
                 progress(f"call {n}/{calls}: rss {s.rss_mb:.0f} MiB, threads {s.threads}, fds {s.fds}, "
-                         f"tasks {s.tasks}, children {s.children}")
+                         f"tasks {s.tasks}, children {s.children}, phrase cache {s.cache_mb:.1f} MiB")
         await runner.cleanup()
     base, last = samples[warmup], samples[-1]
     return {
