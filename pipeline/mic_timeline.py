@@ -16,6 +16,12 @@ place). The rules here, per frame, on the frame's lag (how far its contiguous en
   `max_behind_s` join the live audio without a seam; stale frames that keep arriving at the pace of
   real time follow a true gap (lost packets, a muted sender): the second one re-anchors the timeline.
 
+The timeline starts (and re-anchors) `anchor_slack_s` behind the arrival that anchors it: that frame
+may itself have been delivered late (a busy loop, a scheduler tick), and with no slack every later
+frame delivered with less delay than it would count as *ahead* and be lost (20 ms of the user's
+speech at a time). The cost: media time trails real time by that much more (20 ms), so the server's
+voice-to-voice reads up to 20 ms long (never short), and the echo path looks 20 ms shorter.
+
 So timestamps are monotonic, a frame's end is never after `now`, and media time trails real time by
 at most `max_behind_s` (in steady state by about the arrival jitter). Consumers that count samples
 (the echo canceller) must re-anchor where the timestamps jump; the jumps are at least `settle_s`.
@@ -46,6 +52,7 @@ class MicTimeline:
     max_behind_s: float = 0.2  # later than this, audio is stale: dropped (a burst) or re-anchored (a gap)
     settle_s: float = 0.06  # a lag above this that lasts `settle_window_s` is closed by a jump
     settle_window_s: float = 0.5
+    anchor_slack_s: float = 0.02  # the anchoring frame's own delivery delay that later frames may undercut
     dropped: int = 0  # frames dropped (ahead of the clock, or stale in a burst)
     dropped_s: float = 0.0
     reanchors: int = 0  # forward jumps of the timeline (gaps closed)
@@ -64,7 +71,7 @@ class MicTimeline:
         burst = self._last_arrival is not None and now - self._last_arrival < duration / 2
         self._last_arrival = now
         if self._next is None:
-            return self._place(now - duration, duration)
+            return self._place(now - duration - self.anchor_slack_s, duration)
         lag = now - (self._next + duration)
         if lag < -_EPS:
             self._drop(duration, "ahead", "%s: audio is arriving faster than real time (a burst after a stall, "
@@ -74,7 +81,7 @@ class MicTimeline:
             # The first stale frame after a pause may head a burst or follow a gap: it is dropped
             # either way; a second one at the pace of real time settles it as a gap.
             if not burst and self._stale_paced:
-                return self._reanchor(now - duration, duration)
+                return self._reanchor(now - duration - self.anchor_slack_s, duration)
             self._stale_paced, self._late_since = not burst, None
             self._next += duration  # skipped on the sender's timeline: the burst's tail still fits
             self._drop(duration, "stale", "%s: audio arrived more than %.0f ms late (an uplink stall); "
@@ -86,7 +93,7 @@ class MicTimeline:
                 self._late_since, self._min_late = now, lag
             self._min_late = min(self._min_late, lag)
             if now - self._late_since >= self.settle_window_s:
-                return self._reanchor(self._next + self._min_late, duration)
+                return self._reanchor(self._next + max(0.0, self._min_late - self.anchor_slack_s), duration)
         else:
             self._late_since = None
         return self._place(self._next, duration)

@@ -22,6 +22,8 @@ from pipeline.mic_timeline import MicTimeline
 from transport.webrtc import track_frames
 
 DUR = 0.02
+SLACK = MicTimeline.anchor_slack_s  # the timeline starts this far behind its first arrival
+SLACK_MS = SLACK * 1000
 
 
 class HandClock:
@@ -82,10 +84,20 @@ def lag_ms(kept: list[tuple[float, float]], last: int = 50) -> float:
 def test_paced_frames_with_jitter_are_kept_contiguous_and_on_the_clock():
     tl, kept = run(paced(100.0, 30.0, jitter_s=0.015))
     assert_invariants(kept)
-    assert tl.dropped <= 1 and tl.reanchors == 0, (tl.dropped, tl.reanchors)
+    assert tl.dropped == 0 and tl.reanchors == 0, (tl.dropped, tl.reanchors)
     stamps = np.array([t for _, t in kept])
     assert np.allclose(np.diff(stamps), DUR)  # no seams: the echo canceller counts samples
-    assert lag_ms(kept, last=len(kept)) <= 15 + 20 + 1
+    assert lag_ms(kept, last=len(kept)) <= 15 + 20 + SLACK_MS + 1
+
+
+def test_a_late_first_frame_does_not_make_on_time_frames_drop():
+    """The device microphone's flake: the first block reached the loop 12 ms late, every later one on
+    time; anchored on the late one with no slack, the on-time ones counted as ahead and were dropped."""
+    arrivals = paced(100.0, 5.0)
+    arrivals[0] += 0.012
+    tl, kept = run(arrivals)
+    assert_invariants(kept)
+    assert tl.dropped == 0 and len(kept) == len(arrivals), tl.dropped
 
 
 @pytest.mark.parametrize("stall_s", [0.6, 1.0, 3.0])
@@ -95,9 +107,9 @@ def test_a_burst_after_a_stall_does_not_push_media_time_ahead(stall_s):
     join the live audio without a seam, and media time stays on the clock."""
     tl, kept = run(stalled(100.0, 2.0, stall_s, 5.0))
     assert_invariants(kept)
-    assert stall_s - 0.2 - 0.03 <= tl.dropped_s <= stall_s - 0.2 + 0.03, tl.dropped_s
+    assert stall_s - 0.2 - 0.03 <= tl.dropped_s <= stall_s - 0.2 + 0.03 + SLACK, tl.dropped_s
     assert tl.reanchors == 0  # the burst caught up: nothing lost, so no seam
-    assert lag_ms(kept) <= 1
+    assert lag_ms(kept) <= 1 + SLACK_MS
     after = [t for a, t in kept if a >= 100.0 + 2.0 + stall_s]
     assert np.allclose(np.diff(after), DUR)
 
@@ -109,7 +121,7 @@ def test_an_unpaced_sender_cannot_push_time_ahead():
     tl, kept = run(arrivals)
     assert_invariants(kept)
     kept_s = len(kept) * DUR
-    assert 9.9 <= kept_s <= 10.0 + DUR, kept_s
+    assert 9.9 <= kept_s <= 10.0 + DUR + SLACK, kept_s
     assert abs(tl.dropped_s - (154 - kept_s)) < 1e-6
 
 
@@ -119,7 +131,7 @@ def test_a_gap_of_lost_packets_re_anchors_on_real_time():
     tl, kept = run(arrivals)
     assert_invariants(kept)
     assert tl.reanchors == 1 and tl.dropped == 1  # the frame that could have headed a burst
-    assert lag_ms(kept) <= 1
+    assert lag_ms(kept) <= 1 + SLACK_MS
 
 
 def test_a_short_loss_is_closed_within_the_settle_window():
@@ -129,7 +141,7 @@ def test_a_short_loss_is_closed_within_the_settle_window():
     tl, kept = run(arrivals)
     assert_invariants(kept)
     assert tl.reanchors == 1 and tl.dropped == 0
-    assert lag_ms(kept) <= 1
+    assert lag_ms(kept) <= 1 + SLACK_MS
     late = [a - (t + DUR) for a, t in kept if 102.1 < a < 102.5]
     assert late and min(late) > 0.09  # trailed at first (no audio dropped)…
     # …and the jump is at least `settle_s`, so a sample-counting consumer can see the seam
@@ -173,7 +185,7 @@ async def test_track_frames_keeps_the_microphone_on_the_clock_after_a_stall(stal
     `stall_s` after it arrived, for the rest of the call."""
     out = await _track_frames(stalled(100.0, 2.0, stall_s, 3.0))
     assert_invariants([(a, t) for a, t, _ in out])
-    assert lag_ms([(a, t) for a, t, _ in out]) <= 1
+    assert lag_ms([(a, t) for a, t, _ in out]) <= 1 + SLACK_MS
     # what is kept of the burst is its freshest part, in order: the live audio follows on
     idx = [i for _, _, i in out]
     assert idx == sorted(idx) and idx[-1] == int(round((5.0 + stall_s) / DUR)) - 1
@@ -183,7 +195,7 @@ async def test_track_frames_from_an_unpaced_sender_stay_behind_the_clock():
     n = int(30 / DUR)
     out = await _track_frames(list(100.0 + np.arange(1, n + 1) * (2.0 / n)))  # 30 s of audio in 2 s
     assert_invariants([(a, t) for a, t, _ in out])
-    assert len(out) * DUR <= 2.0 + DUR
+    assert len(out) * DUR <= 2.0 + DUR + SLACK
 
 
 # --- real bytes: an aiortc peer whose microphone stalls, then bursts -----------------------------
