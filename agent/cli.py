@@ -227,8 +227,8 @@ def transcribe(ctx, file, as_json, stt_model, stt_url, stream, fast) -> None:
 
 
 def _transcribe_stream(cfg: AgentConfig, file: Path, as_json: bool, fast: bool) -> None:
+    from agent.benches.stt import stream_file
     from pipeline.clock import RealClock, VirtualClock
-    from stt.bench import stream_file
     from stt.whisper import load_engine
 
     def emit(e: dict) -> None:
@@ -251,7 +251,7 @@ def _transcribe_stream(cfg: AgentConfig, file: Path, as_json: bool, fast: bool) 
 @click.option("--baseline", is_flag=True, help="Also measure transcribing only after the endpoint (no streaming).")
 def stt_bench(json_path, models, repeat, baseline) -> None:
     """Endpoint-to-final latency, WER and CPU of listening, on the shared speech clips."""
-    from stt.bench import run_bench, summary_lines
+    from agent.benches.stt import run_bench, summary_lines
 
     doc = _run(run_bench(list(models) or ["tiny.en", "base"], repeat=repeat, baseline=baseline, progress=_progress))
     for line in summary_lines(doc):
@@ -305,7 +305,7 @@ def say(ctx, text, out, as_json, voice, rate, volume) -> None:
 @click.pass_context
 def tts_bench(ctx, json_path, reps, load, threads, voice) -> None:
     """Benchmark the streaming TTS: TTFA, RTF, cadence, cancellation, cached TTFA; idle and loaded."""
-    from tts.bench import bench, summary_lines
+    from agent.benches.tts import bench, summary_lines
     from tts.piper_engine import PiperEngine
 
     cfg = _config(ctx, **{"tts.voice": voice})
@@ -324,7 +324,7 @@ def tts_bench(ctx, json_path, reps, load, threads, voice) -> None:
 @click.pass_context
 def turns_bench(ctx, json_path, delays, **models) -> None:
     """Turn-taking figures on the real stack: self-interruptions under echo, barge-in, preemption."""
-    from agent.turns_bench import run_turns_bench
+    from agent.benches.turns import run_turns_bench
 
     cfg = _config(ctx, **_overrides(**models))
     if delays:
@@ -349,8 +349,8 @@ def turns_bench(ctx, json_path, delays, **models) -> None:
 @click.pass_context
 def bench(ctx, turns, sessions, json_path, plot_path, url, browser, compare, fast_start, **models) -> None:
     """Voice-to-voice, barge-in, echo and underrun figures over the real WebRTC path, with a report."""
-    from agent.bench import run_bench
-    from agent.bench_report import plot, summary_lines
+    from agent.benches.call import run_bench
+    from agent.benches.report import plot, summary_lines
 
     if turns < 1 or sessions < 1:
         _fail("--turns and --sessions must be at least 1")
@@ -378,7 +378,7 @@ def bench(ctx, turns, sessions, json_path, plot_path, url, browser, compare, fas
 @click.pass_context
 def soak_bench(ctx, calls, warmup, json_path, **models) -> None:
     """Many short calls in a row: RSS, threads, fds, tasks and children after each (does anything leak?)."""
-    from agent.soak_bench import run_soak, summary_lines
+    from agent.benches.soak import run_soak, summary_lines
 
     if calls < 2 or not 1 <= warmup < calls:
         _fail("--calls must be at least 2 and --warmup between 1 and calls - 1")

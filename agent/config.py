@@ -20,9 +20,9 @@ from typing import Any
 from agent.llm import LLMOptions
 from agent.prompts import SPEECH_SYSTEM_PROMPT
 from agent.turns import TurnOptions
-from pipeline.vad import VADOptions
+from pipeline.stages import VoiceOptions
+from stt.vad import VADOptions
 from stt.whisper import WhisperOptions
-from tts.engine import VoiceOptions
 
 
 @dataclass

@@ -19,15 +19,15 @@ from agent.llm import LLMError, OpenAICompatibleLLM
 from agent.llm_server import EmbeddedLLMServer
 from agent.llm_supervisor import LLMSupervisor, SupervisorOptions
 from agent.prompts import PRIMER
+from agent.session import Session
 from agent.turns import TurnManager, TurnOptions
 from pipeline.clock import Clock
-from pipeline.echo import EchoCanceller
-from pipeline.session import Session
-from pipeline.vad import SileroVAD, VADSegmenter
+from stt.echo import EchoCanceller
+from stt.vad import SileroVAD, VADSegmenter
 from stt.whisper import WhisperEngine, load_engine
-from transport.playout import Playout, Sink
 from tts.cache import PhraseCache
 from tts.piper_engine import PiperEngine
+from tts.playout import Playout, Sink
 from tts.stream import StreamingTTS
 
 log = logging.getLogger(__name__)

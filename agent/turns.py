@@ -31,7 +31,7 @@ from agent.llm import LLMError
 from pipeline.clock import Clock
 from pipeline.events import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted, Transcript, TurnMetrics, VADEvent
 from stt.transcriber import AudioSource, StreamingTranscriber, TranscriberOptions
-from transport.playout import Playout
+from tts.playout import Playout
 from tts.stream import StreamingTTS
 from tts.text import PhraseSplitter
 

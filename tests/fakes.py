@@ -12,7 +12,7 @@ import numpy as np
 from agent.llm import LLMError
 from pipeline.audio import AudioFrame
 from pipeline.clock import Clock
-from tts.engine import VoiceOptions
+from pipeline.stages import VoiceOptions
 
 
 @dataclass
@@ -126,7 +126,7 @@ class FakeSession:
     Playout, and says it is listening once the first frame arrives."""
 
     def __init__(self, clock: Clock, sink, output_rate: int, on_event) -> None:
-        from transport.playout import Playout
+        from tts.playout import Playout
 
         self.playout = Playout(clock, sink, sample_rate=output_rate)
         self.on_event = on_event

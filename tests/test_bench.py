@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from agent.bench import BARGE_POINTS, parse_compare, plan
-from agent.bench_measure import _barge
-from agent.bench_report import stats, summarize, verdict
+from agent.benches.call import BARGE_POINTS, parse_compare, plan
+from agent.benches.measure import _barge
+from agent.benches.report import stats, summarize, verdict
 
 
 @pytest.mark.parametrize("talks_on_s, server_interrupted, ending", [

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from pipeline.audio import frames_from_array, read_audio, resample
-from pipeline.echo import EchoCanceller
 from pipeline.events import SpeechStarted
-from pipeline.vad import SileroVAD, VADOptions, VADSegmenter
+from stt.echo import EchoCanceller
+from stt.vad import SileroVAD, VADOptions, VADSegmenter
 from tests.conftest import DATA
 from tts.piper_engine import PiperEngine
 

@@ -9,8 +9,8 @@ import pytest
 
 from pipeline.clock import VirtualClock
 from tests.fakes import RecordingSink, settle
-from transport.playout import Playout
 from tts.chunks import AudioChunk, words_in_share
+from tts.playout import Playout
 
 RATE = 16_000
 

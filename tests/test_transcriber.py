@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import soxr
 
+from agent.benches.stt import edit_distance, load_clips, normalize, number_words, room, stream_audio, wer
 from pipeline.clock import VirtualClock
 from pipeline.events import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted
-from pipeline.vad import SileroVAD, VADOptions
-from stt.bench import edit_distance, load_clips, normalize, number_words, room, stream_audio, wer
 from stt.transcriber import StreamingTranscriber, TranscriberOptions
+from stt.vad import SileroVAD, VADOptions
 from stt.whisper import DEFAULT_STT_MODEL, TranscriptionResult, WhisperEngine, WhisperOptions
 
 pytestmark = pytest.mark.models  # the real Silero VAD, and Whisper in most tests

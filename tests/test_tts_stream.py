@@ -191,7 +191,7 @@ async def test_cache_hits_on_the_second_identical_phrase(engine):
     assert np.array_equal(np.concatenate([c.samples for c in a]), np.concatenate([c.samples for c in b]))
     assert cache.hits == 1 and cache.lookups == 2 and cache.hit_rate == 0.5
     # a different voice option is a different key
-    from tts.engine import VoiceOptions
+    from pipeline.stages import VoiceOptions
 
     saved = engine.options
     engine.options = VoiceOptions(rate=1.5)
@@ -286,7 +286,7 @@ async def test_20k_character_reply_end_to_end_in_bounded_memory():
 
 
 async def test_rate_and_volume_change_duration_and_amplitude(engine):
-    from tts.engine import VoiceOptions
+    from pipeline.stages import VoiceOptions
 
     text = "Please hold while I connect you to the next available agent."
 

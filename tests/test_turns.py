@@ -16,7 +16,7 @@ from agent.turns import APOLOGY, State, TurnManager, TurnOptions
 from pipeline.clock import VirtualClock
 from pipeline.events import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted
 from tests.fakes import FakeLLM, FakeSTT, FakeTTSEngine, RecordingSink, settle
-from transport.playout import Playout
+from tts.playout import Playout
 from tts.stream import StreamingTTS
 
 AUDIO = np.zeros(16000, np.float32)

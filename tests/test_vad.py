@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from pipeline.assets import model_file
 from pipeline.audio import AudioFrame, frames_from_array, read_audio
 from pipeline.events import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted
-from pipeline.vad import WINDOW, SileroVAD, VADOptions, VADSegmenter
+from stt.vad import WINDOW, SileroVAD, VADOptions, VADSegmenter
 
 pytestmark = pytest.mark.models  # the real Silero VAD (ONNX)
 

@@ -2,7 +2,7 @@
 falls back to the full path when it should, and is faster.
 
 Real components only: the bundled Whisper models tiny.en and base (CTranslate2, int8, 1 thread) on
-the shared recordings in tests/data and on room noise from `stt.bench.room`. Timings are taken as
+the shared recordings in tests/data and on room noise from `agent.benches.stt.room`. Timings are taken as
 medians of several calls and compared as ratios, since other work shares the machine.
 """
 
@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from stt.bench import edit_distance, load_clips, normalize, room
+from agent.benches.stt import edit_distance, load_clips, normalize, room
 from stt.whisper import WhisperEngine, WhisperOptions, _loops
 
 pytestmark = pytest.mark.models

@@ -31,7 +31,7 @@ from transport.guard import BadJSON, loads_bounded
 if TYPE_CHECKING:
     from aiortc import RTCDataChannel
 
-    from transport.playout import Playout
+    from tts.playout import Playout
 
 log = logging.getLogger(__name__)
 

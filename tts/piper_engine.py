@@ -33,7 +33,7 @@ from pipeline.assets import (
     writable_dir,
     write_manifest,
 )
-from tts.engine import VoiceOptions
+from pipeline.stages import VoiceOptions
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from typing import cast
 
 import numpy as np
 
+from pipeline.stages import TTSEngine
 from tts.cache import PhraseCache
 from tts.chunks import AudioChunk, TTSMetrics, words_in_share
-from tts.engine import TTSEngine
 from tts.text import PhraseSplitter, normalize_for_speech
 
 log = logging.getLogger(__name__)

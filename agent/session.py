@@ -18,9 +18,9 @@ from collections.abc import AsyncIterable
 from agent.turns import TurnManager
 from pipeline.audio import AudioFrame, sanitize
 from pipeline.clock import Clock
-from pipeline.echo import EchoCanceller
-from pipeline.vad import VADSegmenter
-from transport.playout import Playout
+from stt.echo import EchoCanceller
+from stt.vad import VADSegmenter
+from tts.playout import Playout
 
 log = logging.getLogger(__name__)
 

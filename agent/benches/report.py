@@ -1,4 +1,4 @@
-"""Figures, targets and the chart of `rejoinder bench` (the measuring itself is `agent/bench.py`)."""
+"""Figures, targets and the chart of `rejoinder bench` (the measuring itself is `agent/benches/call.py`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What the bench measures in one call's recorded audio and events (see `agent/bench.py`).
+"""What the bench measures in one call's recorded audio and events (see `agent/benches/call.py`).
 
 Client figures come from energy per 20 ms frame on both directions, on the client's clock; the
 server's turn events are kept beside each turn. In process, the server's media times are on the
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from agent.bench import BenchMic, Conversation
+    from agent.benches.call import BenchMic, Conversation
     from transport.client import AgentCall
 
 VOICED_RMS = 0.01

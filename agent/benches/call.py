@@ -15,7 +15,7 @@ or `--url`) with recorded speech from tests/data as its microphone, and measures
 
 The server's per-stage breakdown (`timings_ms` of each turn event) is kept beside each turn.
 Scenarios alternate between configurations (`--compare`) conversation by conversation, ABBA, so
-the machine's drift hits both. Summaries, targets and the chart are in `agent/bench_report.py`.
+the machine's drift hits both. Summaries, targets and the chart are in `agent/benches/report.py`.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from agent import bench_report as report
-from agent.bench_measure import VOICED_RMS, analyse
+from agent.benches import report
+from agent.benches.measure import VOICED_RMS, analyse
 from agent.config import AgentConfig, _set, load_config
 from pipeline.audio import read_audio, resample
 from transport.client import AgentCall
@@ -311,7 +311,7 @@ async def _stack_for(ex: contextlib.AsyncExitStack, base: AgentStack | None, cfg
 async def run_bench(config: AgentConfig | None = None, turns: int = 10, sessions: int = 1, url: str | None = None,
                     compare: str | None = None, fast_start: bool = False, browser: bool = False,
                     progress: Callable[[str], None] = print) -> dict:
-    """Run the scenarios; return the JSON document (see `bench_report.build`)."""
+    """Run the scenarios; return the JSON document (see `report.build`)."""
     config = config or load_config()
     key, values = parse_compare(compare) if compare else (None, [None])
     if url and compare:

@@ -26,8 +26,8 @@ import numpy as np
 from pipeline.audio import STT_RATE, frames_from_array, read_audio
 from pipeline.clock import Clock, VirtualClock
 from pipeline.events import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted, Transcript, VADEvent
-from pipeline.vad import VAD, SileroVAD, VADOptions, VADSegmenter
 from stt.transcriber import Engine, StreamingTranscriber, TranscriberOptions
+from stt.vad import VAD, SileroVAD, VADOptions, VADSegmenter
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 

@@ -78,8 +78,8 @@ async def run_soak(config: AgentConfig | None = None, calls: int = 200, warmup: 
     """Run `calls` calls one at a time; return the per-call samples and the summary."""
     from aiohttp import web
 
-    from agent.bench import Conversation, Step, run_conversation
-    from agent.bench_report import machine
+    from agent.benches.call import Conversation, Step, run_conversation
+    from agent.benches.report import machine
     from agent.stack import load_stack
     from transport.server import PEERS, ServeOptions, make_app
 

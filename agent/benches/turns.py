@@ -28,7 +28,7 @@ import soundfile as sf
 from agent.config import AgentConfig
 from agent.converse import converse
 from pipeline.audio import resample
-from pipeline.vad import WINDOW_S, _windows
+from stt.vad import WINDOW_S, _windows
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 CLIPS = ["librivox-0880.wav", "goforward.wav", "librivox-0920.wav", "cards/005.wav", "librivox-0870.wav",

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints figures (medians, p95, n, the machine); `rejoinder bench ...` runs them."""
