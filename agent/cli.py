@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -177,9 +178,9 @@ def serve(ctx, host, port, ice_servers, token, allow_hosts, cert, key, max_sessi
 @click.pass_context
 def talk(ctx, input_device, output_device, list_devices, **models) -> None:
     """Talk to the agent on this computer's microphone and speaker (no browser)."""
+    from agent.talk import talk as run_talk
     from transport.devices import DeviceError
     from transport.devices import list_devices as devices
-    from transport.devices import talk as run_talk
 
     as_device = lambda d: int(d) if d is not None and d.isdigit() else d  # noqa: E731
     try:
@@ -204,7 +205,7 @@ def talk(ctx, input_device, output_device, list_devices, **models) -> None:
 def transcribe(ctx, file, as_json, stt_model, stt_url, stream, fast) -> None:
     """Transcribe one audio file with the configured Whisper model (or stream it, with --stream)."""
     from pipeline.audio import read_audio, resample, sanitize
-    from stt.whisper import load_engine
+    from stt.engines import load_stt
 
     cfg = _config(ctx, **{"stt.model": stt_model, "stt.url": stt_url})
     if stream:
@@ -215,7 +216,7 @@ def transcribe(ctx, file, as_json, stt_model, stt_url, stream, fast) -> None:
         audio, rate = read_audio(file)
         audio, _ = sanitize(audio)  # before resampling: the filter would smear a NaN over its neighbours
         audio = resample(audio, rate, 16000)
-        engine = load_engine(cfg.stt)
+        engine = load_stt(cfg.stt)
         return engine.transcribe(audio)
 
     r = _run(go())
@@ -229,7 +230,7 @@ def transcribe(ctx, file, as_json, stt_model, stt_url, stream, fast) -> None:
 def _transcribe_stream(cfg: AgentConfig, file: Path, as_json: bool, fast: bool) -> None:
     from agent.benches.stt import stream_file
     from pipeline.clock import RealClock, VirtualClock
-    from stt.whisper import load_engine
+    from stt.engines import load_stt
 
     def emit(e: dict) -> None:
         if as_json:
@@ -238,7 +239,7 @@ def _transcribe_stream(cfg: AgentConfig, file: Path, as_json: bool, fast: bool) 
             click.echo(f"{e['at']:8.3f}  {'final  ' if e['final'] else 'interim'}  {e['text']}")
 
     async def go():
-        engine = await asyncio.to_thread(load_engine, cfg.stt)
+        engine = await asyncio.to_thread(load_stt, cfg.stt)
         await stream_file(engine, file, VirtualClock() if fast else RealClock(), emit, cfg.vad)
 
     _run(go())
@@ -272,13 +273,13 @@ def say(ctx, text, out, as_json, voice, rate, volume) -> None:
     import numpy as np
     import soundfile as sf
 
-    from tts.piper_engine import PiperEngine
+    from tts.engines import load_tts
     from tts.stream import StreamingTTS
 
     cfg = _config(ctx, **{"tts.voice": voice, "tts.rate": rate, "tts.volume": volume})
 
     async def go():
-        engine = PiperEngine(cfg.tts.voice, cfg.tts.voice_options, cfg.tts.threads)
+        engine = load_tts(cfg.tts)
         tts = StreamingTTS(engine, chunk_ms=cfg.tts.chunk_ms)
         chunks = [c async for c in tts.speak(text)]
         return engine, chunks, tts.last_metrics
@@ -306,11 +307,11 @@ def say(ctx, text, out, as_json, voice, rate, volume) -> None:
 def tts_bench(ctx, json_path, reps, load, threads, voice) -> None:
     """Benchmark the streaming TTS: TTFA, RTF, cadence, cancellation, cached TTFA; idle and loaded."""
     from agent.benches.tts import bench, summary_lines
-    from tts.piper_engine import PiperEngine
+    from tts.engines import load_tts
 
     cfg = _config(ctx, **{"tts.voice": voice})
     n = threads or cfg.tts.threads
-    doc = _run(bench(lambda: PiperEngine(cfg.tts.voice, cfg.tts.voice_options, n), reps=reps, load=load, log=_progress))
+    doc = _run(bench(lambda: load_tts(dataclasses.replace(cfg.tts, threads=n)), reps=reps, load=load, log=_progress))
     for line in summary_lines(doc):
         click.echo(line)
     _write_json(doc, json_path, also_stdout=False)

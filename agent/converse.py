@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import platform
 import statistics
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from agent.benches.stats import machine
 from agent.config import AgentConfig
 from agent.stack import load_stack
 from pipeline.audio import read_audio
@@ -118,7 +117,7 @@ def _summary(turns: list[dict], underruns: int, cache, notes: list[str], fast: b
         "clock": "virtual" if fast else "real",
         "stt_model": config.stt.model,
         "llm": config.llm.base_url or "embedded qwen2.5-0.5b",
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "machine": machine(),
         "notes": notes,
     }
 

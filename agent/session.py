@@ -1,12 +1,19 @@
 """A session wires one transport to listening, the agent and speaking.
 
     audio input ──frames──▶ EchoCanceller ──▶ VADSegmenter ──events──▶ TurnManager ──chunks──▶ Playout ──▶ out
-                                  ▲ played reference                                                │
-                                  └──────────────────────────────────────────────────────────────────┘
+                                  ▲ played reference                      ▲ │                       │
+                                  │                           transcripts │ ▼ events, audio         │
+                                  │                               StreamingTranscriber              │
+                                  └─────────────────────────────────────────────────────────────────┘
+
+The stages are built by `AgentStack.new_session` (agent/stack.py); the session only runs them. Per
+input frame: echo removal, the VAD's events to the turn manager, then `turns.listen`, the media-time
+tick that lets the transcriber run an interim pass on the utterance so far (the manager owns the
+transcriber, since it also feeds it the VAD events in order).
 
 The session owns the tasks of one conversation inside one TaskGroup (input loop, playout); the
-turn manager owns the per-reply scopes. When the input ends, the session waits for the reply in
-flight to finish playing, then stops everything it started.
+turn manager owns the per-reply scopes (agent/reply.py). When the input ends, the session waits for
+the reply in flight to finish playing, then stops everything it started.
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ class Session:
                     self.segmenter.set_min_speech_ms(self.turns.min_speech_ms(self.segmenter.options.min_speech_ms))
                     for event in self.segmenter.process(frame):
                         await self.turns.handle(event)
-                    self.turns.listen(frame.end, self.segmenter.utterance_audio)  # interim STT passes
+                    self.turns.listen(frame.end, self.segmenter.utterance_audio)  # interim STT, backchannel timer
                 for event in self.segmenter.flush(self.clock.now()):
                     await self.turns.handle(event)
                 await self.turns.wait_reply()

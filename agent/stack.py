@@ -22,11 +22,13 @@ from agent.prompts import PRIMER
 from agent.session import Session
 from agent.turns import TurnManager, TurnOptions
 from pipeline.clock import Clock
+from pipeline.stages import STTEngine, TTSEngine
 from stt.echo import EchoCanceller
+from stt.engines import load_stt
+from stt.transcriber import StreamingTranscriber
 from stt.vad import SileroVAD, VADSegmenter
-from stt.whisper import WhisperEngine, load_engine
 from tts.cache import PhraseCache
-from tts.piper_engine import PiperEngine
+from tts.engines import load_tts
 from tts.playout import Playout, Sink
 from tts.stream import StreamingTTS
 
@@ -36,8 +38,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class AgentStack:
     config: AgentConfig
-    stt: WhisperEngine  # or any engine with the same `transcribe` (stt/openai_stt.py)
-    tts_engine: PiperEngine
+    stt: STTEngine  # the configured engine of stt/engines.py
+    tts_engine: TTSEngine  # the configured voice of tts/engines.py
     llm: OpenAICompatibleLLM
     cache: PhraseCache = field(default_factory=PhraseCache)
     load_times: dict[str, float] = field(default_factory=dict)
@@ -57,7 +59,8 @@ class AgentStack:
         self, clock: Clock, sink: Sink, output_rate: int = 24_000, on_event: Callable[[dict], None] | None = None,
         turn_options: TurnOptions | None = None,
     ) -> Session:
-        echo = EchoCanceller() if self.config.echo_cancel else None
+        """One conversation's stages, wired: echo → VAD → transcriber → turn manager → TTS → playout → `sink`."""
+        echo = EchoCanceller(self.config.echo) if self.config.echo_cancel else None
 
         def sink_and_reference(frame):
             if echo is not None:
@@ -66,9 +69,12 @@ class AgentStack:
 
         playout = Playout(clock, sink_and_reference, sample_rate=output_rate)
         tts = StreamingTTS(self.tts_engine, self.cache, chunk_ms=self.config.tts.chunk_ms, working=clock.working)
+        options = turn_options or self.config.turns
+        # interim passes while the user speaks, a speculative final at the pause when replies may start there
+        transcriber = StreamingTranscriber(self.stt, clock, options.transcriber_options(self.config.transcriber))
         turns = TurnManager(
-            self.stt, self.llm, tts, playout, clock, Conversation(self.config.system_prompt, PRIMER),
-            options=turn_options or self.config.turns, on_event=on_event,
+            transcriber, self.llm, tts, playout, clock, Conversation(self.config.system_prompt, PRIMER),
+            options=options, on_event=on_event,
         )
         segmenter = VADSegmenter(self.config.vad, SileroVAD())
         return Session(segmenter, turns, playout, clock, echo)
@@ -86,7 +92,8 @@ async def load_stack(
     times: dict[str, float] = {}
     async with contextlib.AsyncExitStack() as stack:
         if config.llm.base_url:
-            supervisor = LLMSupervisor(url=config.llm.base_url, api_key=config.llm.api_key, options=supervisor_options)
+            supervisor = LLMSupervisor(url=config.llm.base_url, api_key=config.llm.api_key,
+                                       options=supervisor_options or config.supervisor)
         else:
             progress("starting the embedded LLM (Qwen2.5 0.5B, llama.cpp)…")
             server = EmbeddedLLMServer(
@@ -94,19 +101,17 @@ async def load_stack(
                 n_ctx=config.embedded_llm.n_ctx * config.embedded_llm.slots,  # llama.cpp splits it over the slots
                 warm_system_prompt=config.system_prompt, warm_primer=PRIMER,
             )
-            supervisor = LLMSupervisor(server=server, options=supervisor_options)
+            supervisor = LLMSupervisor(server=server, options=supervisor_options or config.supervisor)
         stack.push_async_callback(supervisor.aclose)
         llm_start = asyncio.create_task(supervisor.start())  # the embedded model loads while we load the rest
         stack.push_async_callback(_cancel, llm_start)  # runs before aclose: a failed load stops the start
         t = time.perf_counter()
         progress(f"loading speech recognition ({config.stt.url or 'Whisper ' + config.stt.model})…")
-        stt = await asyncio.to_thread(load_engine, config.stt)
+        stt = await asyncio.to_thread(load_stt, config.stt)
         times["stt_s"] = time.perf_counter() - t
         t = time.perf_counter()
         progress(f"loading the voice ({config.tts.voice})…")
-        tts = await asyncio.to_thread(
-            PiperEngine, config.tts.voice, config.tts.voice_options, config.tts.threads
-        )
+        tts = await asyncio.to_thread(load_tts, config.tts)
         times["tts_s"] = time.perf_counter() - t
         t = time.perf_counter()
         await llm_start

@@ -1,16 +1,41 @@
-"""The engine protocol: one phrase of text in, its audio out. Everything streaming is built on top.
+"""The small protocols every stage speaks: what a speech recogniser, a voice and an LLM look like.
 
-A new voice backend is one file implementing `TTSEngine`; `tts.stream.StreamingTTS` gives it
-incremental input, chunking, cancellation, caching and metrics.
+The ground floor: stages (`stt/`, `tts/`), edges (`transport/`) and the agent all meet here, so none
+has to import another to agree on a shape. A new speech engine is one file implementing
+`STTEngine` (registered in `stt/engines.py`); a new voice, one file implementing `TTSEngine`
+(registered in `tts/engines.py`): `stt.transcriber.StreamingTranscriber` gives the first interim and
+speculative passes, `tts.stream.StreamingTTS` incremental input, chunking, cancellation, caching and
+metrics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class TranscriptionResult:
+    text: str
+    compute_s: float  # wall time of the call
+    audio_s: float
+    path: str = "full"  # Whisper: short | full | fallback (short output rejected, then full)
+
+
+class STTEngine(Protocol):
+    """Blocking whole-utterance transcription of 16 kHz mono float32 audio (run in a worker thread)."""
+
+    def transcribe(self, audio: np.ndarray) -> TranscriptionResult: ...
+
+
+class LLM(Protocol):
+    """A chat model that streams text deltas. Optional: `async prefill(messages) -> bool` reads a
+    prompt into the server's cache ahead of the request (agent/llm.py)."""
+
+    def stream(self, messages: list[dict]) -> AsyncIterator[str]: ...
 
 
 @dataclass(frozen=True)

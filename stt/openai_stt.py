@@ -14,7 +14,8 @@ import time
 import numpy as np
 import soundfile as sf
 
-from stt.whisper import TranscriptionResult
+from pipeline.stages import TranscriptionResult
+from stt.whisper import WhisperOptions
 
 BUNDLED = ("tiny.en", "base")
 
@@ -62,3 +63,10 @@ class OpenAITranscriber:
             raise STTError(f"transcription endpoint {self.base_url} failed: {exc}; check --stt-url") from None
         text = getattr(r, "text", r if isinstance(r, str) else "")
         return TranscriptionResult(" ".join(str(text).split()), time.perf_counter() - t0, audio_s)
+
+
+def load(options: WhisperOptions) -> OpenAITranscriber:
+    """The engine registered as "openai" in `stt/engines.py`: `[stt] url` names the endpoint."""
+    if not options.url:
+        raise ValueError("the openai STT backend needs an endpoint: stt.url (--stt-url)")
+    return OpenAITranscriber(options.url, options.model, language=options.language)

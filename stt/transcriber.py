@@ -29,6 +29,7 @@ import numpy as np
 
 from pipeline.clock import Clock
 from pipeline.events import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted, Transcript, VADEvent
+from pipeline.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class StreamingTranscriber:
         self._next_interim = float("inf")  # media time of audio needed before the next interim pass
         self._latest: tuple[float, str] | None = None  # newest interim result: (audio_end, text)
         self._spec: _Speculation | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = TaskSet()  # passes and finals; aclose() cancels what still waits
 
     # --- events --------------------------------------------------------------------------------
     def handle(self, event: VADEvent) -> asyncio.Task[Transcript] | None:
@@ -117,7 +118,7 @@ class StreamingTranscriber:
             self._speaking = False
             if self.options.speculative:
                 spec = self._spec = _Speculation(event.last_voiced)
-                spec.task = self._spawn(self._speculate(event, spec))
+                spec.task = self._tasks.spawn(self._speculate(event, spec))
         elif isinstance(event, SpeechResumed):
             self._speaking = True
             if self._spec is not None:
@@ -127,7 +128,7 @@ class StreamingTranscriber:
         elif isinstance(event, SpeechEnded):
             spec = self._spec
             reuse = spec is not None and not spec.discarded and abs(spec.last_voiced - event.last_voiced) < 1e-6
-            task = self._spawn(self._final(event, spec if reuse else None))
+            task = self._tasks.spawn(self._final(event, spec if reuse else None))
             self._new_utterance()
             return task
         return None
@@ -167,21 +168,13 @@ class StreamingTranscriber:
 
     async def aclose(self) -> None:
         """Stop waiting passes; an engine call already running in its thread is left to finish."""
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
 
     # --- passes --------------------------------------------------------------------------------
     def _new_utterance(self) -> None:
         self._utt += 1
         self._speaking, self._spec, self._latest = False, None, None
         self._next_interim = float("inf")
-
-    def _spawn(self, coro) -> asyncio.Task:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     def _start(self, kind: str, audio: np.ndarray, audio_end: float) -> _Pass:
         """Run one engine call in a worker thread; the engine must be free."""
@@ -193,7 +186,7 @@ class StreamingTranscriber:
                 result = await asyncio.to_thread(self.engine.transcribe, audio)
             return (result.text or "").strip(), self.clock.now()
 
-        p = _Pass(kind, audio_end, self._spawn(run()))
+        p = _Pass(kind, audio_end, self._tasks.spawn(run()))
 
         def free(_task: asyncio.Task) -> None:
             if self._inflight is p:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.assets import ASSETS, model_path
+from pipeline.stages import TranscriptionResult
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class WhisperOptions:
     seconds instead of 30; `min_window_s` below ~10 s makes Whisper loop or drop words on 1–2 s clips
     (measured on tests/data: see tests/test_whisper_fast.py)."""
 
+    backend: str = ""  # an engine of stt/engines.py; "" = "whisper", or "openai" when `url` is set
     model: str = DEFAULT_STT_MODEL
     compute_type: str = "int8"
     beam_size: int = 1
@@ -67,14 +69,6 @@ class WhisperOptions:
         if self.window_margin_s < 0 or self.tokens_per_s <= 0:
             raise ValueError(f"window_margin_s must be >= 0 and tokens_per_s > 0, got {self.window_margin_s}, "
                              f"{self.tokens_per_s}")
-
-
-@dataclass(frozen=True)
-class TranscriptionResult:
-    text: str
-    compute_s: float  # wall time of the call
-    audio_s: float
-    path: str = "full"  # short | full | fallback (short output rejected, then full)
 
 
 class WhisperEngine:
@@ -189,13 +183,8 @@ class WhisperEngine:
         return text, ""
 
 
-def load_engine(options: WhisperOptions | None = None):
-    """The configured engine: the local Whisper model, or the hosted endpoint when `options.url` is set."""
-    options = options or WhisperOptions()
-    if options.url:
-        from stt.openai_stt import OpenAITranscriber
-
-        return OpenAITranscriber(options.url, options.model, language=options.language)
+def load(options: WhisperOptions) -> WhisperEngine:
+    """The engine registered as "whisper" in `stt/engines.py`."""
     return WhisperEngine(options)
 
 

@@ -1,15 +1,20 @@
-"""Shared test helpers. Real clips live in tests/data (see tests/data/SOURCES.md)."""
+"""Shared fixtures: `data_dir` (tests/data), `fake_assets` (a tiny packaged "model" for the asset
+and cache tests) and `start_server` (the real server on a `FakeStack`).
+
+The fakes and helpers themselves live in tests/fakes.py; test modules import them from there, not
+from here (pytest imports this file; tests/test_layout.py checks that no test module does).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
-import re
 from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).parent / "data"
+from tests.fakes import DATA
 
 
 @pytest.fixture
@@ -17,9 +22,29 @@ def data_dir() -> Path:
     return DATA
 
 
-def words(text: str) -> list[str]:
-    """Lower-case words without punctuation, for loose transcript comparisons."""
-    return re.sub(r"[^a-z0-9' ]", " ", text.lower().replace("-", " ")).split()
+@pytest.fixture
+def fake_assets(monkeypatch, tmp_path):
+    """A package-like directory on sys.path holding two parts of a tiny 'model', and an empty
+    `$REJOINDER_CACHE`; `register(sha=..., module=..., part=...)` makes it the asset "fake"."""
+    from pipeline import assets
+    from pipeline.assets import ModelAsset, PackagedFile
+
+    pkg = tmp_path / "site" / "fake_model_pkg"
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "data" / "a.bin").write_bytes(b"hello ")
+    (pkg / "data" / "b.bin").write_bytes(b"world")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("REJOINDER_CACHE", str(tmp_path / "cache"))
+    good = hashlib.sha256(b"hello world").hexdigest()
+
+    def register(sha: str = good, module: str = "fake_model_pkg", part: str = "data/b.bin") -> None:
+        asset = ModelAsset("fake", "Fake model", (
+            PackagedFile("joined.bin", sha, ((module, "data/a.bin"), (module, part))),
+        ))
+        monkeypatch.setitem(assets.ASSETS, "fake", asset)
+
+    return register, tmp_path
 
 
 class ServerUnderTest:

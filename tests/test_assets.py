@@ -1,17 +1,17 @@
 """Model assets: locating pinned packages, joining split files, sha256 checks.
 
-Uses the real installed packages for the happy path, and small temporary files (no model) for the
-failure paths: a missing package, a missing file, an altered file, a corrupted assembled file.
+Uses the real installed packages for the happy path (the Whisper tiny.en and Silero files are
+located and checksummed, not loaded), and small temporary files (no model: the `fake_assets`
+fixture of tests/conftest.py) for the failure paths: a missing package, a missing file, an altered
+file, a corrupted assembled file.
 """
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 
 from pipeline import assets
-from pipeline.assets import ModelAsset, ModelAssetError, PackagedFile, model_path
+from pipeline.assets import ModelAssetError, model_path
 
 
 def test_bundled_single_file_models_resolve_in_place():
@@ -23,27 +23,6 @@ def test_bundled_single_file_models_resolve_in_place():
 def test_unknown_model_key_is_a_clear_error():
     with pytest.raises(ModelAssetError, match="unknown model 'nope'"):
         model_path("nope")
-
-
-@pytest.fixture
-def fake_assets(monkeypatch, tmp_path):
-    """A package-like directory on sys.path holding two parts of a tiny 'model'."""
-    pkg = tmp_path / "site" / "fake_model_pkg"
-    (pkg / "data").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "data" / "a.bin").write_bytes(b"hello ")
-    (pkg / "data" / "b.bin").write_bytes(b"world")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    monkeypatch.setenv("REJOINDER_CACHE", str(tmp_path / "cache"))
-    good = hashlib.sha256(b"hello world").hexdigest()
-
-    def register(sha: str = good, module: str = "fake_model_pkg", part: str = "data/b.bin") -> None:
-        asset = ModelAsset("fake", "Fake model", (
-            PackagedFile("joined.bin", sha, ((module, "data/a.bin"), (module, part))),
-        ))
-        monkeypatch.setitem(assets.ASSETS, "fake", asset)
-
-    return register, tmp_path
 
 
 def test_split_file_is_joined_into_cache_and_verified(fake_assets):

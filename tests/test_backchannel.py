@@ -1,6 +1,9 @@
 """Backchannels during a reply (fakes, virtual clock): with `ignore_backchannels`, "yeah" lets the
 agent talk on, a real short interruption still stops it (timed from its onset), and speech that
-runs longer than `backchannel_max_ms` cuts in while the user is still talking."""
+runs longer than `backchannel_max_ms` cuts in while the user is still talking.
+
+Fakes: the `Rig` of tests/fakes.py (`FakeSTT`, `FakeLLM`, `FakeTTSEngine`, on a `VirtualClock`).
+Real: the turn manager and its backchannel rule, streaming TTS, playout and conversation context."""
 
 from __future__ import annotations
 
@@ -8,9 +11,7 @@ import pytest
 
 from agent.turns import State, TurnOptions, is_backchannel
 from pipeline.events import SpeechEnded, SpeechStarted
-from tests.fakes import settle
-from tests.test_turn_scenarios import REPLY, _wait_state
-from tests.test_turns import AUDIO, Rig
+from tests.fakes import AUDIO, REPLY, Rig, settle
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -23,7 +24,7 @@ def test_backchannel_words(text, expected):
 
 async def _user_during_reply(rig: Rig, speech_s: float, check=None) -> float:
     await rig.user_says()
-    await _wait_state(rig, State.SPEAKING)
+    await rig.wait_state(State.SPEAKING)
     await settle(rig.clock, 0.5)
     onset = rig.clock.now()
     await rig.turns.handle(SpeechStarted(onset))

@@ -1,7 +1,8 @@
 """`rejoinder bench` keeps working: the scenario plan, the figures' shape, and a short real run.
 
 The real run drives the real embedded stack over WebRTC on 127.0.0.1 through the CLI (two plain
-turns of recorded speech, no warm-up), then checks the JSON and the chart it wrote.
+turns of recorded speech, no warm-up), then checks the JSON and the chart it wrote. The other tests
+are pure logic on hand-made records: no fakes, no models, no network.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from click.testing import CliRunner
 
 from agent.benches.call import BARGE_POINTS, parse_compare, plan
 from agent.benches.measure import _barge
-from agent.benches.report import stats, summarize, verdict
+from agent.benches.report import summarize, verdict
+from agent.benches.stats import summary as stats
 
 
 @pytest.mark.parametrize("talks_on_s, server_interrupted, ending", [
@@ -66,6 +68,7 @@ def test_verdict_names_the_largest_stage_when_a_target_is_missed():
 
 
 @pytest.mark.models
+@pytest.mark.webrtc  # the bench's client calls the server over real aiortc peers on 127.0.0.1
 @pytest.mark.timeout(120)
 def test_bench_two_turns_on_the_real_stack(tmp_path):
     from agent.cli import main

@@ -1,7 +1,7 @@
 """The model cache (`$REJOINDER_CACHE`): what is cached is verified on every load and rebuilt when
 damaged; a cache that cannot be written is one clear error, raised only when something must be built.
 
-Fakes: a tiny packaged "model" (the `fake_assets` fixture of test_assets) for the joined files.
+Fakes: a tiny packaged "model" (the `fake_assets` fixture of tests/conftest.py) for the joined files.
 Real: the Piper voice, split into its streaming parts in a temporary cache (`models`). Read-only is
 real (chmod) and, when the tests run as root (whom permission bits do not bind), also enforced by
 refusing writes under the directory the way the kernel would (`read_only`).
@@ -23,9 +23,6 @@ import pytest
 
 from pipeline import assets
 from pipeline.assets import CacheError, model_path
-from tests import test_assets
-
-fake_assets = test_assets.fake_assets  # the tiny packaged model: a fixture shared with test_assets
 
 
 @pytest.fixture

@@ -1,4 +1,6 @@
-"""The virtual clock (pure logic): waiting is skipped, working is not, sleepers wake in order."""
+"""The virtual clock (pure logic): waiting is skipped, working is not, sleepers wake in order.
+
+Real: `VirtualClock` and `RealClock` themselves. No fakes, no models."""
 
 from __future__ import annotations
 

@@ -1,30 +1,28 @@
 """`rejoinder converse` end to end on the REAL embedded stack (Silero, Whisper, Qwen via llama.cpp,
 Piper), offline, on a virtual clock; plus the bad inputs of the spine issue through the real CLI.
 
-The LLM-failure test uses a fake OpenAI-compatible server (aiohttp) in place of the LLM; everything
-else in it is real.
+The LLM-failure test uses `FakeLLMServer` (tests/fakes.py: a fake OpenAI-compatible server, aiohttp)
+in place of the LLM; everything else in it is real. The CLI tests run `rejoinder` (`agent.cli`) in
+a child process, which loads the real models.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
-from aiohttp import web
 
 from agent.config import load_config
 from agent.converse import converse
 from agent.turns import APOLOGY
 from pipeline.audio import resample
 from stt.whisper import WhisperEngine, WhisperOptions
-from tests.conftest import DATA, words
-from tests.fakes import fake_llm_endpoint
+from tests.fakes import DATA, FakeLLMServer, closed_port, words
 
 pytestmark = pytest.mark.models
 
@@ -88,13 +86,9 @@ async def test_barge_in_over_the_agents_own_echo_on_the_real_stack():
 
 @pytest.fixture
 async def failing_llm():
-    """An OpenAI-compatible endpoint that lists models but fails every chat request."""
-
-    async def chat(_):
-        return web.json_response({"error": {"message": "model crashed"}}, status=500)
-
-    async with fake_llm_endpoint(chat) as url:
-        yield url
+    """An OpenAI-compatible endpoint that lists models but fails every chat request (HTTP 500)."""
+    async with FakeLLMServer(root="fail") as server:
+        yield server.url()
 
 
 async def test_llm_failing_mid_conversation_gets_a_spoken_apology(failing_llm, tmp_path):
@@ -106,17 +100,9 @@ async def test_llm_failing_mid_conversation_gets_a_spoken_apology(failing_llm, t
     assert doc["summary"]["errors"]
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_unreachable_llm_is_a_clear_error():
     r = run_cli("converse", "--in", str(DATA / "goforward.wav"), "--fast",
-                "--llm-url", f"http://127.0.0.1:{_closed_port()}/v1")
+                "--llm-url", f"http://127.0.0.1:{closed_port()}/v1")
     assert r.returncode == 2
     assert "unreachable" in r.stderr and "--llm-url" in r.stderr
 

@@ -2,23 +2,22 @@
 embedded stack (Silero, Whisper, Qwen via llama.cpp, Piper) with recorded speech, on a virtual
 clock: interruptions in quick succession, in the first 50 ms of a reply, after the reply was fully
 generated but not yet played, and a monologue longer than the VAD's utterance cap. Each checks that
-no task outlives the conversation and that the history holds what was said and heard."""
+no task outlives the conversation and that the history holds what was said and heard.
+
+Fakes: where a test takes `long_reply_llm`, `FakeLLMServer` (tests/fakes.py) streams one long reply
+in place of Qwen, so its length is known; everything else is real."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 
 import numpy as np
 import pytest
 import soundfile as sf
-from aiohttp import web
 
 from agent.config import load_config
 from agent.converse import converse
-from tests.conftest import DATA, words
-from tests.fakes import fake_llm_endpoint
-from tests.test_vad import energetic_span
+from tests.fakes import DATA, FakeLLMServer, energetic_span, words
 
 pytestmark = pytest.mark.models
 
@@ -30,19 +29,8 @@ LONG_REPLY = ("Here is a fairly long answer for you. It goes on for a few senten
 async def long_reply_llm():
     """An OpenAI-compatible endpoint that streams the same long reply at once (a fake LLM, so the
     reply's length does not depend on what Qwen feels like saying; everything else is real)."""
-
-    async def chat(request):
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        for word in LONG_REPLY.split(" "):
-            delta = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
-                     "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}
-            await resp.write(f"data: {json.dumps(delta)}\n\n".encode())
-        await resp.write(b"data: [DONE]\n\n")
-        return resp
-
-    async with fake_llm_endpoint(chat) as url:
-        yield url
+    async with FakeLLMServer(deltas=[word + " " for word in LONG_REPLY.split(" ")]) as server:
+        yield server.url()
 
 
 async def _converse(clips, config=None, **kw) -> dict:

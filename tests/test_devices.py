@@ -15,10 +15,11 @@ import time
 import numpy as np
 import pytest
 
+from agent.talk import talk
 from pipeline.audio import AudioFrame, read_audio, resample
 from pipeline.clock import RealClock
-from tests.conftest import DATA, words
-from transport.devices import DeviceError, DeviceMicrophone, DeviceSpeaker, talk
+from tests.fakes import DATA, words
+from transport.devices import DeviceError, DeviceMicrophone, DeviceSpeaker
 
 
 class _Stream:

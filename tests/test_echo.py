@@ -11,7 +11,7 @@ from pipeline.audio import frames_from_array, read_audio, resample
 from pipeline.events import SpeechStarted
 from stt.echo import EchoCanceller
 from stt.vad import SileroVAD, VADOptions, VADSegmenter
-from tests.conftest import DATA
+from tests.fakes import DATA
 from tts.piper_engine import PiperEngine
 
 pytestmark = pytest.mark.models  # the real Piper voice and Silero VAD

@@ -1,19 +1,17 @@
 """Tests of the LLM adapter (`agent.llm`) and the embedded llama.cpp server (`agent.llm_server`).
 
-Fakes: every test not marked `models` talks to a fake OpenAI-compatible SSE server started here
-with aiohttp on 127.0.0.1 (routes that stream, stall, fail with HTTP 500, or stream slowly until the
-client hangs up), or to a closed port. `test_server_reports_a_broken_model` runs the real child and
-xllamacpp on a fake (garbage) GGUF file. Real model: the tests marked `models` start
-EmbeddedLLMServer on the real Qwen2.5-Coder-0.5B GGUF.
+Fakes: every test not marked `models` talks to `FakeLLMServer` (tests/fakes.py), the fake
+OpenAI-compatible SSE server on 127.0.0.1 (modes that stream, stall, fail with HTTP 500, or stream
+slowly until the client hangs up), to a closed port, or to `MovableEndpoint` (below).
+`test_server_reports_a_broken_model` runs the real child and xllamacpp on a fake (garbage) GGUF
+file. Real model: the tests marked `models` start EmbeddedLLMServer on the real Qwen2.5-Coder-0.5B GGUF.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,80 +21,19 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from agent.llm import LLMError, LLMOptions, OpenAICompatibleLLM
 from agent.llm_server import EmbeddedLLMError, EmbeddedLLMServer
 from agent.prompts import SPEECH_SYSTEM_PROMPT
+from tests.fakes import FakeLLMServer, closed_port
 
-DELTAS = ["Hello", " there", ",", " friend", "."]
-
-
-def _chunk(delta: dict[str, str]) -> bytes:
-    body = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "fake",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
-    return f"data: {json.dumps(body)}\n\n".encode()
-
-
-class FakeServer:
-    """A fake OpenAI-compatible endpoint; the first path segment picks its behaviour."""
-
-    def __init__(self) -> None:
-        self.disconnected = asyncio.Event()
-        self.requests: list[dict] = []
-        self.port = 0
-
-    async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
-
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        mode = request.match_info["mode"]
-        self.requests.append(await request.json())
-        if mode == "fail":
-            return web.json_response({"error": {"message": "model exploded", "type": "server_error"}}, status=500)
-        if mode == "stall_headers":
-            await asyncio.sleep(30)
-        if not self.requests[-1].get("stream"):  # a prefill: one token, as a plain completion
-            return web.json_response({
-                "id": "x", "object": "chat.completion", "created": 0, "model": "fake",
-                "choices": [{"index": 0, "finish_reason": "length",
-                             "message": {"role": "assistant", "content": "Hel"}}]})
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(_chunk({"role": "assistant", "content": ""}))  # role-only: not a token
-        try:
-            if mode == "ok":
-                for d in DELTAS:
-                    await resp.write(_chunk({"content": d}))
-                await resp.write(b"data: [DONE]\n\n")
-            elif mode == "stall_body":
-                await asyncio.sleep(30)
-            elif mode == "slow":
-                for i in range(1000):
-                    await resp.write(_chunk({"content": f" w{i}"}))
-                    await asyncio.sleep(0.02)
-        except (ConnectionError, asyncio.CancelledError):
-            self.disconnected.set()
-            raise
-        return resp
-
-    def url(self, mode: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{mode}/v1"
+DELTAS = list(FakeLLMServer.DELTAS)
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeServer]:
-    server = FakeServer()
-    app = web.Application()
-    app.router.add_get("/{mode}/v1/models", server.models)
-    app.router.add_post("/{mode}/v1/chat/completions", server.chat)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server.port = runner.addresses[0][1]
-    yield server
-    await runner.cleanup()
+async def fake() -> AsyncIterator[FakeLLMServer]:
+    async with FakeLLMServer(root=None) as server:  # nothing at plain /v1: "no_such_route" is a 404
+        yield server
 
 
 def _llm(url: str, **kw: float | bool) -> OpenAICompatibleLLM:
@@ -106,7 +43,7 @@ def _llm(url: str, **kw: float | bool) -> OpenAICompatibleLLM:
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
-async def test_stream_yields_deltas_in_order(fake: FakeServer) -> None:
+async def test_stream_yields_deltas_in_order(fake: FakeLLMServer) -> None:
     async with _llm(fake.url("ok")) as llm:
         await llm.check()
         got = [t async for t in llm.stream(MESSAGES)]
@@ -115,13 +52,13 @@ async def test_stream_yields_deltas_in_order(fake: FakeServer) -> None:
     assert llm.last_first_token_s is not None and llm.last_first_token_s < 5
 
 
-async def test_http_500_raises_llm_error(fake: FakeServer) -> None:
+async def test_http_500_raises_llm_error(fake: FakeLLMServer) -> None:
     async with _llm(fake.url("fail")) as llm:
         with pytest.raises(LLMError, match="HTTP 500.*model exploded"):
             [t async for t in llm.stream(MESSAGES)]
 
 
-async def test_prefill_is_off_for_an_external_endpoint_unless_asked(fake: FakeServer) -> None:
+async def test_prefill_is_off_for_an_external_endpoint_unless_asked(fake: FakeLLMServer) -> None:
     async with _llm(fake.url("ok")) as llm:
         assert await llm.prefill(MESSAGES) is False
     assert fake.requests == [], "a billed endpoint was sent a prefill nobody asked for"
@@ -131,9 +68,9 @@ async def test_prefill_is_off_for_an_external_endpoint_unless_asked(fake: FakeSe
 
 
 @pytest.mark.parametrize("mode", ["fail", "stall_headers", "closed"])
-async def test_a_failed_prefill_is_reported_not_raised(fake: FakeServer, mode: str) -> None:
+async def test_a_failed_prefill_is_reported_not_raised(fake: FakeLLMServer, mode: str) -> None:
     """A prefill is only a hint: a dead, failing or stuck endpoint must not break the turn."""
-    url = f"http://127.0.0.1:{_closed_port()}/v1" if mode == "closed" else fake.url(mode)
+    url = f"http://127.0.0.1:{closed_port()}/v1" if mode == "closed" else fake.url(mode)
     async with _llm(url, prefill_while_listening=True, first_token_timeout=0.3, connect_timeout=0.5) as llm:
         t0 = time.monotonic()
         assert await llm.prefill(MESSAGES) is False
@@ -141,7 +78,7 @@ async def test_a_failed_prefill_is_reported_not_raised(fake: FakeServer, mode: s
 
 
 @pytest.mark.parametrize("mode", ["stall_headers", "stall_body"])
-async def test_stall_raises_after_first_token_timeout(fake: FakeServer, mode: str) -> None:
+async def test_stall_raises_after_first_token_timeout(fake: FakeLLMServer, mode: str) -> None:
     async with _llm(fake.url(mode), first_token_timeout=0.5) as llm:
         t0 = time.monotonic()
         with pytest.raises(LLMError, match="no token within 0.5 s"):
@@ -150,14 +87,8 @@ async def test_stall_raises_after_first_token_timeout(fake: FakeServer, mode: st
     assert 0.45 <= elapsed < 3.0
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_unreachable_endpoint_is_named() -> None:
-    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    url = f"http://127.0.0.1:{closed_port()}/v1"
     async with _llm(url, connect_timeout=1.0) as llm:
         with pytest.raises(LLMError, match=f"{url} is unreachable.*--llm-url"):
             await llm.check()
@@ -165,7 +96,7 @@ async def test_unreachable_endpoint_is_named() -> None:
             [t async for t in llm.stream(MESSAGES)]
 
 
-async def test_cancelling_the_consumer_closes_the_stream(fake: FakeServer) -> None:
+async def test_cancelling_the_consumer_closes_the_stream(fake: FakeLLMServer) -> None:
     got: list[str] = []
     three = asyncio.Event()
 
@@ -188,7 +119,7 @@ async def test_cancelling_the_consumer_closes_the_stream(fake: FakeServer) -> No
     assert len(got) < 50
 
 
-async def test_closing_the_generator_closes_the_stream(fake: FakeServer) -> None:
+async def test_closing_the_generator_closes_the_stream(fake: FakeLLMServer) -> None:
     n = 0
     async with _llm(fake.url("slow")) as llm:
         async with contextlib.aclosing(llm.stream(MESSAGES)) as deltas:
@@ -215,7 +146,7 @@ class MovableEndpoint:
         self.failures.append(error)
 
 
-async def test_the_client_follows_its_endpoint_to_a_new_url(fake: FakeServer) -> None:
+async def test_the_client_follows_its_endpoint_to_a_new_url(fake: FakeLLMServer) -> None:
     """A restarted embedded server listens on a new port: the next request goes there, and the
     client for the old address is closed (no socket left behind per restart)."""
     endpoint = MovableEndpoint(fake.url("ok"))
@@ -229,7 +160,7 @@ async def test_the_client_follows_its_endpoint_to_a_new_url(fake: FakeServer) ->
         assert llm.base_url == fake.url("fail")
 
 
-async def test_a_down_endpoint_fails_fast_without_a_request(fake: FakeServer) -> None:
+async def test_a_down_endpoint_fails_fast_without_a_request(fake: FakeLLMServer) -> None:
     endpoint = MovableEndpoint(fake.url("ok"))
     endpoint.url = None
     async with OpenAICompatibleLLM(LLMOptions(model="fake"), endpoint=endpoint, prefill=True) as llm:
@@ -246,10 +177,11 @@ async def test_a_down_endpoint_fails_fast_without_a_request(fake: FakeServer) ->
 
 @pytest.mark.parametrize("mode, reported", [("closed", True), ("fail", True), ("stall_headers", True),
                                             ("no_such_route", False)])
-async def test_the_endpoint_hears_of_failures_that_may_be_its_own(fake: FakeServer, mode: str, reported: bool) -> None:
+async def test_the_endpoint_hears_of_failures_that_may_be_its_own(fake: FakeLLMServer, mode: str,
+                                                                  reported: bool) -> None:
     """Unreachable, 5xx and silent endpoints are reported (the supervisor probes at once); a 404 is
     our request's fault and is not."""
-    url = {"closed": f"http://127.0.0.1:{_closed_port()}/v1",
+    url = {"closed": f"http://127.0.0.1:{closed_port()}/v1",
            "no_such_route": f"http://127.0.0.1:{fake.port}/v1"}.get(mode) or fake.url(mode)
     endpoint = MovableEndpoint(url)
     opts = LLMOptions(model="fake", first_token_timeout=0.3, connect_timeout=0.5)

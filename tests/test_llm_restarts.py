@@ -1,7 +1,8 @@
 """The supervised embedded LLM on the real server: llama.cpp (xllamacpp) on the smallest GGUF
 installed (SmolLM2-135M if an asset has it, else Qwen2.5-0.5B), its child killed for real
 (SIGKILL, SIGSTOP), and its parent killed by SIGTERM, SIGINT and SIGKILL. The turn-level test
-uses tests/test_turns.py's rig: fake STT and TTS engine, virtual clock, the real LLM client.
+uses the `Rig` of tests/fakes.py with the real LLM client in place of `FakeLLM` (so: `FakeSTT`,
+`FakeTTSEngine`, virtual clock). Real: the embedded server, its supervisor and the client.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from agent.llm import LLMError, LLMOptions, OpenAICompatibleLLM
 from agent.llm_server import EmbeddedLLMServer
 from agent.llm_supervisor import BackoffOptions, LLMSupervisor, SupervisorOptions
 from agent.turns import APOLOGY
-from tests.test_llm_supervisor import until
-from tests.test_turns import Rig
+from tests.fakes import Rig, until
 
 pytestmark = pytest.mark.models
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,13 +183,13 @@ def test_the_llm_child_never_outlives_the_agent(tmp_path: Path, sig: signal.Sign
 
 async def test_after_a_crash_the_next_turn_gets_a_real_reply(tmp_path: Path) -> None:
     """The turn manager with the real client and the real supervised server (fake STT and TTS
-    engine, virtual clock: tests/test_turns.py's rig): the child is killed while the first reply
+    engine, virtual clock: the `Rig` of tests/fakes.py): the child is killed while the first reply
     streams; that turn apologises, and once health says up again the next turn is really answered."""
     async with _supervised(tmp_path) as sup, OpenAICompatibleLLM(
         LLMOptions(max_tokens=200, temperature=0.0), endpoint=sup, prefill=True
     ) as llm:
-        async with Rig(["Tell me a long story about a lighthouse keeper.", "Say hello in five words."], []) as rig:
-            rig.llm = rig.turns.llm = llm
+        async with Rig(["Tell me a long story about a lighthouse keeper.", "Say hello in five words."], [],
+                       llm=llm) as rig:
             pid = sup.health()["pid"]
             await rig.user_says()
             await until(lambda: llm.last_first_token_s is not None, 30)

@@ -1,48 +1,30 @@
 """Tests of the LLM supervisor's logic (`agent.llm_supervisor`) and `AgentStack.health()`.
 
 Fakes: all but one test use `FakeProcess` (start() returns a new URL each time, as the real child
-binds a new port; crash() makes it exit), a fake probe, and `FakeTime`, whose sleep records each
-delay and returns at once (so back-off is checked without waiting; the probe interval here is an
-endless sleep: only exits and reports matter). `test_a_remote_endpoint_*` runs a real aiohttp
-endpoint on 127.0.0.1 that is stopped and started again, with real probes, the real client and
-real time. The real embedded server, killed for real: tests/test_llm_restarts.py.
+binds a new port; crash() makes it exit), a fake probe, and `HandClock` (tests/fakes.py), whose
+sleep records each delay and returns at once (so back-off is checked without waiting; the probe
+interval here is an endless sleep: only exits and reports matter). `test_a_remote_endpoint_*`
+runs `FakeLLMServer` (tests/fakes.py, real aiohttp on 127.0.0.1), stopped and started again, with
+real probes, the real client and real time. No model is loaded. The real embedded server,
+killed for real: tests/test_llm_restarts.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
 
 import pytest
-from aiohttp import web
 
 from agent.config import AgentConfig
 from agent.llm import LLMError, LLMOptions, OpenAICompatibleLLM
 from agent.llm_server import EmbeddedLLMError
 from agent.llm_supervisor import Backoff, BackoffOptions, LLMSupervisor, SupervisorOptions
 from agent.stack import AgentStack
-from tests.test_llm import _chunk
+from tests.fakes import FakeLLMServer, HandClock, until
 
 # Fake-time options: probes only when a request is reported failed (the interval never elapses).
 FAKE_OPTS = SupervisorOptions(probe_interval_s=1e6, recheck_s=0.25)
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        if seconds >= 1e6:
-            await asyncio.sleep(3600)  # the probe interval: cut short by a report or an exit
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 class FakeProcess:
@@ -88,18 +70,11 @@ class FakeProcess:
         self._exit.set_result(code)
 
 
-async def until(cond: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
-
-
-def _fake_supervisor(proc: FakeProcess, clock: FakeTime, probe=None) -> LLMSupervisor:
+def _fake_supervisor(proc: FakeProcess, clock: HandClock, probe=None) -> LLMSupervisor:
     async def ok(url: str) -> str | None:
         return None
 
-    return LLMSupervisor(server=proc, options=FAKE_OPTS, probe=probe or ok, sleep=clock.sleep, clock=clock.clock)
+    return LLMSupervisor(server=proc, options=FAKE_OPTS, probe=probe or ok, sleep=clock.sleep, clock=clock.now)
 
 
 def test_backoff_doubles_up_to_its_cap_and_starts_over() -> None:
@@ -111,7 +86,7 @@ def test_backoff_doubles_up_to_its_cap_and_starts_over() -> None:
 
 async def test_a_crashed_server_is_restarted_with_backoff_until_a_start_succeeds() -> None:
     """Fake process and fake time. Also: each restart first stops (reaps) the old process."""
-    proc, t = FakeProcess(), FakeTime()
+    proc, t = FakeProcess(), HandClock(0.0)
     async with _fake_supervisor(proc, t) as sup:
         first = sup.current_url()
         proc.fail_starts, proc.gate = 3, asyncio.Event()
@@ -134,13 +109,13 @@ async def test_a_crashed_server_is_restarted_with_backoff_until_a_start_succeeds
 
 async def test_backoff_starts_over_after_the_server_ran_well_for_a_while() -> None:
     """Fake process and fake time: crashes in a row escalate; a crash after a long good run does not."""
-    proc, t = FakeProcess(), FakeTime()
+    proc, t = FakeProcess(), HandClock(0.0)
     async with _fake_supervisor(proc, t) as sup:
         for _ in range(3):
             proc.crash()
             await until(lambda n=sup.restarts: sup.restarts == n + 1)
         assert t.sleeps == [0.5, 1, 2]
-        t.now += 61  # up for longer than reset_after_s
+        t.t += 61  # up for longer than reset_after_s
         proc.crash()
         await until(lambda: sup.restarts == 4)
         assert t.sleeps[-1] == 0.5
@@ -149,7 +124,7 @@ async def test_backoff_starts_over_after_the_server_ran_well_for_a_while() -> No
 async def test_a_stuck_server_is_found_by_probes_and_restarted() -> None:
     """Fake process (alive but silent), fake probe, fake time: a reported failure makes it probe at
     once; one failed probe is forgiven, `failed_probes` in a row restart the server."""
-    proc, t = FakeProcess(), FakeTime()
+    proc, t = FakeProcess(), HandClock(0.0)
     answers: list[str | None] = ["no answer within 3 s", None, "no answer within 3 s", "no answer within 3 s"]
     probed: list[str] = []
 
@@ -172,7 +147,7 @@ async def test_a_stuck_server_is_found_by_probes_and_restarted() -> None:
 
 async def test_health_is_not_ok_while_the_llm_restarts() -> None:
     """Fake process held in its start() to observe the restarting state; the client fails fast meanwhile."""
-    proc, t = FakeProcess(), FakeTime()
+    proc, t = FakeProcess(), HandClock(0.0)
     async with _fake_supervisor(proc, t) as sup:
         llm = OpenAICompatibleLLM(LLMOptions(), endpoint=sup)
         stack = AgentStack(AgentConfig(), None, None, llm, llm_supervisor=sup)  # type: ignore[arg-type]
@@ -199,38 +174,13 @@ async def test_health_is_not_ok_while_the_llm_restarts() -> None:
     assert plain.health()["ok"] and plain.health()["components"]["llm"]["url"] == "http://x/v1"  # unwatched: up
 
 
-@contextlib.asynccontextmanager
-async def _endpoint(port: int = 0) -> AsyncIterator[int]:
-    """A real OpenAI-compatible fake on 127.0.0.1:`port` that says "Hello there."; yields its port."""
-
-    async def models(_: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]})
-
-    async def chat(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        for d in ("Hello", " there."):
-            await resp.write(_chunk({"content": d}))
-        await resp.write(b"data: [DONE]\n\n")
-        return resp
-
-    app = web.Application()
-    app.add_routes([web.get("/v1/models", models), web.post("/v1/chat/completions", chat)])
-    runner = web.AppRunner(app, shutdown_timeout=0.2)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield runner.addresses[0][1]
-    finally:
-        await runner.cleanup()
-
-
 async def test_a_remote_endpoint_that_goes_away_fails_fast_and_recovers() -> None:
     """Real HTTP (aiohttp fake endpoint), real probes, real time, short intervals."""
     opts = SupervisorOptions(probe_interval_s=0.2, probe_timeout_s=0.5, recheck_s=0.05,
                              backoff=BackoffOptions(initial_s=0.05, max_s=0.2))
     hello = [{"role": "user", "content": "hi"}]
-    async with _endpoint() as port:
+    async with FakeLLMServer(deltas=["Hello", " there."]) as server:  # says "Hello there."
+        port = server.port
         sup = LLMSupervisor(url=f"http://127.0.0.1:{port}/v1", options=opts)
         await sup.start()
         llm = OpenAICompatibleLLM(LLMOptions(model="m", connect_timeout=0.5), endpoint=sup)
@@ -245,7 +195,7 @@ async def test_a_remote_endpoint_that_goes_away_fails_fast_and_recovers() -> Non
         assert time.monotonic() - t0 < 0.05, "a request to a down endpoint should fail at once"
         h = sup.health()
         assert h["state"] == "down" and h["restarts"] == 0 and "probe failed" in h["last_error"]
-        async with _endpoint(port):  # it comes back on the same address
+        async with FakeLLMServer(deltas=["Hello", " there."], port=port):  # it comes back on the same address
             await until(lambda: sup.state == "up", 3)
             assert "".join([d async for d in llm.stream(hello)]) == "Hello there."
     finally:

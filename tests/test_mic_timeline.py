@@ -5,6 +5,11 @@ with jitter, after an uplink stall in a burst, from an unpaced sender, after los
 the invariants (monotonic, a frame's end never after the clock) and how far media time trails real
 time. `track_frames` is tested the same way on real `av.AudioFrame`s from a fake track, so the
 rule the WebRTC edge applies is the one tested here.
+
+Fakes: `HandClock` (tests/fakes.py), `FakeRemoteTrack` and `StallingUplink` (here: aiortc-like
+remote tracks). Real, where marked: two aiortc peers on loopback (`webrtc`); a whole echoed call on
+the real listening path (Silero VAD, echo canceller, turn manager, Piper, playout; `models`) with
+`FakeSTT` and `FakeLLM` of tests/fakes.py on a virtual clock.
 """
 
 from __future__ import annotations
@@ -19,21 +24,12 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from pipeline.mic_timeline import MicTimeline
+from tests.fakes import DATA, FakeLLM, FakeSTT, HandClock
 from transport.webrtc import track_frames
 
 DUR = 0.02
 SLACK = MicTimeline.anchor_slack_s  # the timeline starts this far behind its first arrival
 SLACK_MS = SLACK * 1000
-
-
-class HandClock:
-    """A clock that is wherever the test puts it."""
-
-    def __init__(self, t: float = 100.0) -> None:
-        self.t = t
-
-    def now(self) -> float:
-        return self.t
 
 
 def paced(start: float, seconds: float, jitter_s: float = 0.0, seed: int = 0) -> list[float]:
@@ -271,13 +267,6 @@ async def test_a_real_aiortc_uplink_that_stalls_then_bursts_stays_on_the_clock()
 
 
 # --- end to end: the agent's own voice echoed back over a stalling uplink ------------------------
-class ConstantSTT:
-    """Every utterance reads as the same request (a fake: what is tested is who has the floor)."""
-
-    def transcribe(self, audio: np.ndarray):
-        return type("T", (), {"text": "tell me about the weather please"})()
-
-
 class StallingUplink:
     """The user's side of a WebRTC call, as aiortc's receiver delivers it: `mic` (a scripted user
     plus the agent's own voice leaking back from the speaker) is sent in real time as 20 ms 48 kHz
@@ -330,14 +319,14 @@ async def echoed_call_with_a_stall(voice, stall_s: float, replies: int = 6) -> t
     from agent.stack import AgentStack
     from pipeline.audio import read_audio, resample
     from pipeline.clock import VirtualClock
-    from tests.conftest import DATA
-    from tests.fakes import FakeLLM
     from transport.files import EchoPath, ScriptedMicrophone
 
     clock = VirtualClock()
     config = load_config()
     reply = "Sure. It will be sunny in the morning, with a light breeze from the west, and rain by the evening."
-    stack = AgentStack(config, ConstantSTT(), voice, FakeLLM(clock, [reply] * replies))
+    # every utterance reads as the same request: what is tested is who has the floor
+    stt = FakeSTT(answer=lambda audio: "tell me about the weather please")
+    stack = AgentStack(config, stt, voice, FakeLLM(clock, [reply] * replies))
     echo = EchoPath(db=-10.0, delay_ms=100.0)  # speakers, no headset: -10 dB, 100 ms later
     session = stack.new_session(clock, sink=echo.played)
     clips = [read_audio(DATA / n) for n in ("goforward.wav", "librivox-0880.wav")]

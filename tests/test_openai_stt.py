@@ -16,9 +16,10 @@ from aiohttp import web
 
 from pipeline.clock import VirtualClock
 from pipeline.events import SpeechEnded, SpeechStarted
+from stt.engines import load_stt
 from stt.openai_stt import OpenAITranscriber, STTError
 from stt.transcriber import StreamingTranscriber
-from stt.whisper import WhisperOptions, load_engine
+from stt.whisper import WhisperOptions
 
 
 class FakeServer:
@@ -57,7 +58,7 @@ def tone(seconds: float = 1.0) -> np.ndarray:
 async def test_transcribes_a_wav_in_memory_through_the_endpoint() -> None:
     server = FakeServer()
     async with server as url:
-        engine = load_engine(WhisperOptions(url=url, model="my-whisper"))
+        engine = load_stt(WhisperOptions(url=url, model="my-whisper"))
         assert isinstance(engine, OpenAITranscriber)
         audio = tone(1.5)
         r = await asyncio.to_thread(engine.transcribe, audio)

@@ -1,4 +1,7 @@
-"""Playout (fakes, virtual clock): pacing, heard text, flush, stale chunks, underruns, backpressure."""
+"""Playout (fakes, virtual clock): pacing, heard text, flush, stale chunks, underruns, backpressure.
+
+Fakes: `RecordingSink` (tests/fakes.py) as the edge, and hand-made `AudioChunk`s in place of the TTS.
+Real: `Playout` and its heard-text ledger, on a `VirtualClock`. No models."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 Fakes: every test here except the Chromium one uses `FakeStack` (tests/fakes.py), whose session plays silence
 through the real `Playout` and reports one state event: the server, aiortc peers and the Python
-client are real, the models are not (they are exercised in tests/test_webrtc.py).
+client (sending `silent_mic`, tests/fakes.py) are real, the models are not (they are exercised in
+tests/test_webrtc.py).
 The Chromium test runs demos/browser_call.py on the REAL stack with headless Chromium from Debian,
 inside a network namespace that has only loopback when the machine allows it (`unshare -n`).
 """
@@ -20,30 +21,17 @@ import threading
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 import pytest
 from aiohttp import web
 
-from tests.fakes import FakeStack
-from transport.client import AgentCall, ScriptedMicTrack
+from tests.fakes import FakeStack, offer_sdp, silent_mic
+from transport.client import AgentCall
 from transport.server import OPTIONS, PEERS, ServeOptions, is_loopback, make_app
 
 pytestmark = pytest.mark.webrtc  # real aiortc peers (and one headless Chromium) on loopback
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-
-
-def _mic() -> ScriptedMicTrack:
-    return ScriptedMicTrack(np.zeros(1600, np.float32), 16_000, lead_s=0.0)
-
-
-async def _offer_sdp() -> str:
-    call = AgentCall(_mic())
-    await call.pc.setLocalDescription(await call.pc.createOffer())
-    sdp = call.pc.localDescription.sdp
-    await call.close()
-    return sdp
 
 
 # --- the page ------------------------------------------------------------------------------------
@@ -63,7 +51,7 @@ async def test_serves_the_page_and_its_assets(start_server):
 # --- bad input -----------------------------------------------------------------------------------
 async def test_malformed_offers_get_400_with_a_reason(start_server):
     srv = await start_server()
-    good = await _offer_sdp()
+    good = await offer_sdp()
     cases = {
         "not json": (b"{nope", "not JSON"),
         "a list": ([1, 2], "JSON object"),
@@ -94,11 +82,11 @@ async def test_oversized_body_gets_413(start_server):
 # --- limits --------------------------------------------------------------------------------------
 async def test_sessions_over_the_maximum_get_503(start_server):
     srv = await start_server(max_sessions=2)
-    calls = [AgentCall(_mic()) for _ in range(2)]
+    calls = [AgentCall(silent_mic()) for _ in range(2)]
     try:
         for c in calls:
             await c.connect(srv.url)
-        status, doc = await srv.post({"sdp": await _offer_sdp(), "type": "offer"})
+        status, doc = await srv.post({"sdp": await offer_sdp(), "type": "offer"})
         assert status == 503 and "limit of 2 concurrent sessions" in doc["error"]
         await calls[0].close()
         await asyncio.sleep(0.1)
@@ -106,7 +94,7 @@ async def test_sessions_over_the_maximum_get_503(start_server):
             if len(srv.app[PEERS]) < 2:
                 break
             await asyncio.sleep(0.05)
-        again = AgentCall(_mic())  # a slot freed by a hang-up can be used again
+        again = AgentCall(silent_mic())  # a slot freed by a hang-up can be used again
         calls.append(again)
         await again.connect(srv.url)
     finally:
@@ -120,17 +108,17 @@ async def test_token_is_required_off_loopback(start_server):
     srv = await start_server(host="0.0.0.0", connect_timeout_s=2.0)
     opts = srv.app[OPTIONS]
     assert opts.token and opts.token_generated and f"token={opts.token}" in opts.url()
-    offer = {"sdp": await _offer_sdp(), "type": "offer"}
+    offer = {"sdp": await offer_sdp(), "type": "offer"}
     for headers, path in [({}, "/offer"), ({"Authorization": "Bearer wrong"}, "/offer"), ({}, "/offer?token=no")]:
         status, doc = await srv.post(offer, headers, path)
         assert status == 401 and "access token" in doc["error"], (headers, path)
     # the right token, in the header (AgentCall) and in the query string
-    call = AgentCall(_mic())
+    call = AgentCall(silent_mic())
     try:
         await call.connect(srv.url, token=opts.token)
     finally:
         await call.close()
-    status, doc = await srv.post({"sdp": await _offer_sdp(), "type": "offer"}, path=f"/offer?token={opts.token}")
+    status, doc = await srv.post({"sdp": await offer_sdp(), "type": "offer"}, path=f"/offer?token={opts.token}")
     assert status == 200 and doc["type"] == "answer"
     # nobody connects with that answer: the connect timeout ends the session
     await srv.wait_no_sessions(5)
@@ -179,7 +167,7 @@ async def test_a_hundred_connect_disconnect_cycles_leak_nothing(start_server):
     srv = await start_server()
 
     async def cycle() -> None:
-        call = AgentCall(_mic())
+        call = AgentCall(silent_mic())
         try:
             await call.connect(srv.url)
             await call.wait_event(lambda e: e["type"] == "state", 5)
@@ -214,7 +202,7 @@ async def test_server_shutdown_closes_live_sessions():
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
-    call = AgentCall(_mic())
+    call = AgentCall(silent_mic())
     try:
         await call.connect(f"http://127.0.0.1:{runner.addresses[0][1]}")
         peer = next(iter(app[PEERS].values()))
@@ -286,7 +274,7 @@ async def test_serve_over_https_and_announce_the_url(tmp_path):
 
 async def test_idle_sessions_are_closed(start_server):
     srv = await start_server(idle_timeout_s=1.0)
-    call = AgentCall(_mic())
+    call = AgentCall(silent_mic())
     try:
         await call.connect(srv.url)
         closing = await call.wait_event(lambda e: e["type"] == "closing", 5)
@@ -298,7 +286,7 @@ async def test_idle_sessions_are_closed(start_server):
 
 async def test_bad_data_channel_messages_are_ignored(start_server):
     srv = await start_server()
-    call = AgentCall(_mic())
+    call = AgentCall(silent_mic())
     try:
         await call.connect(srv.url)
         await call.wait_event(lambda e: e["type"] == "state", 5)

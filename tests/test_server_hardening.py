@@ -26,11 +26,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 from aiohttp.test_utils import make_mocked_request
-from aiortc import RTCPeerConnection
 from click.testing import CliRunner
 
-from tests.fakes import FakeStack
-from transport.client import AgentCall, ScriptedMicTrack
+from tests.fakes import FakeStack, offer_sdp, silent_mic
+from transport.client import AgentCall
 from transport.server import PEERS, ServeOptions
 
 pytestmark = pytest.mark.webrtc  # a real server on loopback; real aiortc peers and Chromium in some
@@ -38,24 +37,6 @@ pytestmark = pytest.mark.webrtc  # a real server on loopback; real aiortc peers 
 ROOT = Path(__file__).resolve().parents[1]
 STATIC = ROOT / "transport" / "static"
 CHROMIUM = "/usr/bin/chromium"
-
-
-def _mic() -> ScriptedMicTrack:
-    return ScriptedMicTrack(np.zeros(1600, np.float32), 16_000, lead_s=0.0)
-
-
-async def _offer_sdp(direction: str | None = None) -> str:
-    """A real aiortc offer: with a microphone, or (`direction`) an audio transceiver that sends nothing."""
-    if direction is None:
-        call = AgentCall(_mic())
-        pc = call.pc
-    else:
-        pc = RTCPeerConnection()
-        pc.addTransceiver("audio", direction=direction)
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -123,7 +104,7 @@ async def test_hundreds_of_half_open_requests_are_cut_and_health_answers(start_s
     await asyncio.gather(*(_until_closed(r, 3.0) for r, _ in conns))
     status, _, doc = await srv.get("/health")
     assert status == 200 and doc["ok"]
-    call = AgentCall(_mic())  # and a new call gets through
+    call = AgentCall(silent_mic())  # and a new call gets through
     try:
         await call.connect(srv.url)
     finally:
@@ -197,7 +178,7 @@ async def test_deeply_nested_json_offer_gets_400_not_500(start_server):
 
 async def test_an_offer_without_a_dtls_fingerprint_gets_400(start_server):
     srv = await start_server()
-    sdp = "".join(line for line in (await _offer_sdp()).splitlines(keepends=True)
+    sdp = "".join(line for line in (await offer_sdp()).splitlines(keepends=True)
                   if not line.startswith("a=fingerprint"))
     status, doc = await srv.post({"sdp": sdp, "type": "offer"})
     assert status == 400 and "no DTLS fingerprint (a=fingerprint)" in doc["error"], (status, doc)
@@ -206,13 +187,13 @@ async def test_an_offer_without_a_dtls_fingerprint_gets_400(start_server):
 
 async def test_an_offer_that_sends_no_microphone_audio_gets_400_and_holds_no_slot(start_server):
     srv = await start_server(max_sessions=1)
-    recvonly = await _offer_sdp(direction="recvonly")
+    recvonly = await offer_sdp(direction="recvonly")
     assert "a=recvonly" in recvonly
     for sdp in (recvonly, recvonly.replace("a=recvonly", "a=inactive")):
         status, doc = await srv.post({"sdp": sdp, "type": "offer"})
         assert status == 400 and "the offer sends no microphone audio" in doc["error"], (status, doc)
     assert not srv.app[PEERS]
-    call = AgentCall(_mic())  # the one slot is still free
+    call = AgentCall(silent_mic())  # the one slot is still free
     try:
         await call.connect(srv.url)
     finally:
@@ -222,7 +203,7 @@ async def test_an_offer_that_sends_no_microphone_audio_gets_400_and_holds_no_slo
 
 async def test_no_data_channel_message_can_end_the_call(start_server):
     srv = await start_server()
-    call = AgentCall(_mic())
+    call = AgentCall(silent_mic())
     try:
         await call.connect(srv.url)
         await call.wait_event(lambda e: e["type"] == "state", 5)
@@ -359,7 +340,7 @@ async def test_the_host_allow_list_turns_other_names_away(start_server):
     for host in ("voice.lan:8080", "VOICE.LAN.", "localhost"):
         assert (await named.get("/health", {"Host": host}))[0] == 200, host
     assert (await named.get("/health", {"Host": "other.lan"}))[0] == 421
-    call = AgentCall(_mic())  # the Python client passes (it addresses 127.0.0.1)
+    call = AgentCall(silent_mic())  # the Python client passes (it addresses 127.0.0.1)
     try:
         await call.connect(named.url)
     finally:
@@ -401,7 +382,7 @@ async def test_a_call_over_the_session_limit_gets_503_busy(start_server):
     import aiohttp
 
     async with aiohttp.ClientSession() as http:
-        async with http.post(srv.url + "/offer", json={"sdp": await _offer_sdp(), "type": "offer"}) as r:
+        async with http.post(srv.url + "/offer", json={"sdp": await offer_sdp(), "type": "offer"}) as r:
             status, retry_after, doc = r.status, r.headers.get("Retry-After"), await r.json()
     assert status == 503 and "limit of 1 concurrent sessions" in doc["error"] and "try again" in doc["error"]
     assert retry_after is not None and int(retry_after) > 0

@@ -1,16 +1,16 @@
 """The streaming transcriber: interim transcripts, the speculative final, bad input, long input.
 
-Real components: the Silero VAD (every test) and, where marked `models`, the default Whisper model
-(`stt.whisper.DEFAULT_STT_MODEL`) on the shared recordings in tests/data. Fakes: `FakeEngine` (records
-each call's audio, sleeps a fixed time, answers with the audio length so a test can tell which pass
-produced the final) for the scheduling rules, which real models cannot make exact. All run on the
-virtual clock, which charges compute at its real duration (pipeline/clock.py).
+Real components, in the tests marked `models`: the Silero VAD and, in most, the default Whisper
+model (`stt.whisper.DEFAULT_STT_MODEL`) on the shared recordings in tests/data. Fakes: `FakeSTT`
+(tests/fakes.py) as `fake_engine` (records each call's audio, sleeps a fixed time, answers with the
+audio length so a test can tell which pass produced the final) for the scheduling rules, which real
+models cannot make exact; the unmarked tests use only it, scripted events, or no engine at all. All
+run on the virtual clock, which charges compute at its real duration (pipeline/clock.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import tracemalloc
 
@@ -23,9 +23,8 @@ from pipeline.clock import VirtualClock
 from pipeline.events import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted
 from stt.transcriber import StreamingTranscriber, TranscriberOptions
 from stt.vad import SileroVAD, VADOptions
-from stt.whisper import DEFAULT_STT_MODEL, TranscriptionResult, WhisperEngine, WhisperOptions
-
-pytestmark = pytest.mark.models  # the real Silero VAD, and Whisper in most tests
+from stt.whisper import DEFAULT_STT_MODEL, WhisperEngine, WhisperOptions
+from tests.fakes import FakeSTT
 
 RATE = 16_000
 FINAL_ONLY = TranscriberOptions(interim=False)
@@ -53,24 +52,9 @@ def padded(x: np.ndarray, rate: int = RATE, lead: float = 0.5, tail: float = 1.0
     return np.concatenate([room(lead, rate, 1), x, room(tail, rate, 2)]).astype(np.float32)
 
 
-class FakeEngine:
+def fake_engine(delay: float = 0.05) -> FakeSTT:
     """Sleeps `delay` per call (in its worker thread) and answers "<n> samples"; records every call."""
-
-    def __init__(self, delay: float = 0.05) -> None:
-        self.delay = delay
-        self.calls: list[int] = []
-        self.active = self.max_active = 0
-        self._lock = threading.Lock()
-
-    def transcribe(self, audio: np.ndarray) -> TranscriptionResult:
-        with self._lock:
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
-        time.sleep(self.delay)
-        with self._lock:
-            self.active -= 1
-            self.calls.append(len(audio))
-        return TranscriptionResult(f"{len(audio)} samples", self.delay, len(audio) / RATE)
+    return FakeSTT(answer=lambda audio: f"{len(audio)} samples", delay_s=delay)
 
 
 class Checked:
@@ -100,9 +84,10 @@ def test_normalization_for_wer() -> None:
 # --- scheduling rules, on fake engines ------------------------------------------------------------
 
 
+@pytest.mark.models
 async def test_final_reuses_the_speculative_pass(clips, vad) -> None:
     """Fake engine, real VAD: one pause, no resume → one engine call, made at the pause, is the final."""
-    eng = FakeEngine(delay=0.05)
+    eng = fake_engine(delay=0.05)
     run = await stream_audio(eng, padded(clips["goforward"].audio), RATE, VirtualClock(), FINAL_ONLY, vad=vad)
     (ended, final), = run.finals
     assert [type(e) for e in run.events] == [SpeechStarted, SpeechPaused, SpeechEnded]
@@ -113,9 +98,10 @@ async def test_final_reuses_the_speculative_pass(clips, vad) -> None:
     assert 0 <= final.at - ended.decided_at < 0.03  # ready at the endpoint: the pass ran during the hangover
 
 
+@pytest.mark.models
 async def test_without_speculation_the_final_pass_starts_at_the_endpoint(clips, vad) -> None:
     """The control for the test above: same input, speculation off → the pass's time is added."""
-    eng = FakeEngine(delay=0.2)
+    eng = fake_engine(delay=0.2)
     opts = TranscriberOptions(interim=False, speculative=False)
     run = await stream_audio(eng, padded(clips["goforward"].audio), RATE, VirtualClock(), opts, vad=vad)
     (ended, final), = run.finals
@@ -123,11 +109,12 @@ async def test_without_speculation_the_final_pass_starts_at_the_endpoint(clips, 
     assert final.at - ended.decided_at >= 0.2
 
 
+@pytest.mark.models
 async def test_speculative_final_is_discarded_when_speech_resumes(clips, vad) -> None:
     """Fake engine, real VAD: "he was not ... an ill disposed young man" has a pause longer than
     SpeechPaused needs and shorter than the hangover. The first speculation is dropped; the final is
     the last one, which heard the whole sentence."""
-    run = await stream_audio(FakeEngine(0.05), padded(clips["librivox-0880"].audio), RATE, VirtualClock(),
+    run = await stream_audio(fake_engine(0.05), padded(clips["librivox-0880"].audio), RATE, VirtualClock(),
                              FINAL_ONLY, vad=vad)
     kinds = [type(e) for e in run.events]
     assert kinds[0] is SpeechStarted and kinds[-2:] == [SpeechPaused, SpeechEnded] and SpeechResumed in kinds
@@ -141,9 +128,9 @@ async def test_speculative_final_is_discarded_when_speech_resumes(clips, vad) ->
     assert [t.final for t in run.transcripts] == [True]
 
 
-async def test_speculation_is_not_reused_when_speech_came_back(vad) -> None:
+async def test_speculation_is_not_reused_when_speech_came_back() -> None:
     """Scripted events: pause, resume, and an end whose last voiced audio is later → a final pass runs."""
-    clock, eng = VirtualClock(), FakeEngine(0.01)
+    clock, eng = VirtualClock(), fake_engine(0.01)
     tr = StreamingTranscriber(eng, clock, FINAL_ONLY)
     audio = np.full(16000, 0.1, np.float32)
     tr.handle(SpeechStarted(0.0))
@@ -158,9 +145,10 @@ async def test_speculation_is_not_reused_when_speech_came_back(vad) -> None:
     await tr.aclose()
 
 
+@pytest.mark.models
 async def test_at_most_one_pass_in_flight_and_interims_come_before_the_final(clips, vad) -> None:
     """Fake engine slower than the interim interval: passes never overlap, and none queues up."""
-    eng = FakeEngine(delay=0.4)
+    eng = fake_engine(delay=0.4)
     run = await stream_audio(eng, padded(clips["librivox-0870"].audio), RATE, VirtualClock(),
                              TranscriberOptions(interim_interval_s=0.3), vad=vad)
     assert eng.max_active == 1
@@ -231,10 +219,11 @@ async def test_other_rates_and_stereo(rate: int, channels: int, engine, clips, v
     assert wer("go forward ten meters", run.text) <= 0.25, run.text  # 8 kHz may lose one word
 
 
+@pytest.mark.models
 async def test_ten_minutes_of_room_noise_keep_memory_and_cpu_bounded(vad) -> None:
     """Real VAD, fake engine: no speech → no pass, no transcript, a small bounded buffer."""
     x = room(600.0, RATE, 7)
-    eng = FakeEngine()
+    eng = fake_engine()
     tracemalloc.start()
     cpu = time.process_time()
     try:

@@ -1,7 +1,8 @@
 """Streaming TTS on the real Piper voice (en_US-joe-medium, ONNX, cut for windowed synthesis):
 chunk contract, cancellation, cache, bad input, voice options, and a round trip through the real
-Whisper base STT. Two tests use the fake engine of tests/fakes.py where only the plumbing is under
-test (a 20,000-character reply end to end, memory bounded); each says so.
+Whisper base STT (the tests marked `models`). Unmarked, no model: the 20,000-character reply end
+to end in bounded memory, on `FakeTTSEngine` (tests/fakes.py) since only the plumbing is under test,
+and the WER helper's own check.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from tests.fakes import FakeTTSEngine
 from tts.cache import PhraseCache
 from tts.stream import StreamingTTS
 from tts.text import normalize_for_speech
-
-pytestmark = pytest.mark.models
 
 LONG = (
     "The weather tomorrow looks mostly sunny with a light breeze from the west, a high of seventy two "
@@ -60,6 +59,7 @@ def check_contract(chunks, rid: str, voice_id: str, sample_rate: int) -> None:
         t += c.duration
 
 
+@pytest.mark.models
 async def test_chunks_are_ordered_labelled_and_contiguous(engine):
     tts = StreamingTTS(engine, chunk_ms=200)
     rid = "req-order"
@@ -81,6 +81,7 @@ async def test_chunks_are_ordered_labelled_and_contiguous(engine):
     assert d["cadence_ms"]["max"] >= d["cadence_ms"]["median"] >= 0 and d["cache_lookups"] == 2
 
 
+@pytest.mark.models
 async def test_windowed_synthesis_matches_one_call(engine):
     """The cut graph run in windows gives the audio of the uncut voice in one call (noise off)."""
     import onnxruntime
@@ -104,6 +105,7 @@ async def test_windowed_synthesis_matches_one_call(engine):
     assert snr > 50, f"windowed audio differs from the one-call audio: SNR {snr:.1f} dB"
 
 
+@pytest.mark.models
 async def test_cancel_mid_phrase_stops_within_it_and_leaves_no_stale_chunk(engine):
     tts = StreamingTTS(engine, cache=PhraseCache(max_samples=0))
     full = await collect(tts.speak(LONG))
@@ -127,6 +129,7 @@ async def test_cancel_mid_phrase_stops_within_it_and_leaves_no_stale_chunk(engin
     assert tts.cancel(rid) is False  # already over
 
 
+@pytest.mark.models
 async def test_cancel_while_parked_between_chunks(engine):
     tts = StreamingTTS(engine, cache=PhraseCache(max_samples=0))
     gen = tts.stream_phrases(_phrases(LONG), "req-parked")
@@ -141,6 +144,7 @@ async def test_cancel_while_parked_between_chunks(engine):
     assert m.chunks == 1
 
 
+@pytest.mark.models
 async def test_task_cancellation_is_acknowledged_and_measured(engine):
     tts = StreamingTTS(engine, cache=PhraseCache(max_samples=0))
     seen = []
@@ -163,6 +167,7 @@ async def test_task_cancellation_is_acknowledged_and_measured(engine):
     assert tts.metrics("req-task") is None  # the request is gone
 
 
+@pytest.mark.models
 async def test_cancel_after_final_or_unknown_returns_false_and_changes_nothing(engine):
     tts = StreamingTTS(engine)
     gen = tts.stream_phrases(_phrases("Okay."), "req-done")
@@ -178,6 +183,7 @@ async def test_cancel_after_final_or_unknown_returns_false_and_changes_nothing(e
     assert chunks[-1].final
 
 
+@pytest.mark.models
 async def test_cache_hits_on_the_second_identical_phrase(engine):
     cache = PhraseCache()
     tts = StreamingTTS(engine, cache=cache)
@@ -202,6 +208,7 @@ async def test_cache_hits_on_the_second_identical_phrase(engine):
     assert tts.last_metrics.cache_hits == 0
 
 
+@pytest.mark.models
 @pytest.mark.parametrize("text", ["", "   \n\t ", "🙂🎉👍", "\x00\x07\x1b"])
 async def test_nothing_speakable_gives_just_a_final_empty_chunk(engine, text):
     tts = StreamingTTS(engine)
@@ -210,6 +217,7 @@ async def test_nothing_speakable_gives_just_a_final_empty_chunk(engine, text):
     assert tts.last_metrics.ttfa_ms is None and not tts.last_metrics.cancelled
 
 
+@pytest.mark.models
 async def test_control_characters_and_ssml_tags_are_not_spoken(engine):
     tts = StreamingTTS(engine)
     chunks = await collect(tts.speak('<speak>Hello\x00 there,\x1b <break time="1s"/>my friend.</speak>'))
@@ -220,6 +228,7 @@ async def test_control_characters_and_ssml_tags_are_not_spoken(engine):
     assert 0.6 * plain < audio_s < 1.5 * plain, "tags or control codes were read out"
 
 
+@pytest.mark.models
 async def test_letters_the_voice_cannot_speak_are_skipped_with_a_warning(engine, caplog):
     tts = StreamingTTS(engine)
     with caplog.at_level(logging.WARNING, logger="tts.piper_engine"):
@@ -235,6 +244,7 @@ async def test_letters_the_voice_cannot_speak_are_skipped_with_a_warning(engine,
     assert len(only) == 1 and only[0].final
 
 
+@pytest.mark.models
 async def test_long_reply_is_pulled_a_phrase_at_a_time(engine):
     """Real Piper: a 20,000-character reply streamed as deltas; by the time a few chunks are out,
     only a few hundred characters have been read from the source (nothing buffers the reply)."""
@@ -285,6 +295,7 @@ async def test_20k_character_reply_end_to_end_in_bounded_memory():
     assert peak < 10e6, f"peak memory {peak / 1e6:.1f} MB while streaming"  # ...but never held at once
 
 
+@pytest.mark.models
 async def test_rate_and_volume_change_duration_and_amplitude(engine):
     from pipeline.stages import VoiceOptions
 
@@ -350,6 +361,7 @@ def _wer(ref: list[str], hyp: list[str]) -> float:
     return d[len(hyp)] / max(1, len(ref))
 
 
+@pytest.mark.models
 async def test_round_trip_intelligibility_through_whisper_base(engine):
     """Sentences with names, numbers and times, spoken by Piper (streamed, chunk by chunk) and heard
     by Whisper base: word error rate at most 15% over the set (numbers compared as spoken words)."""

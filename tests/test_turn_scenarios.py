@@ -1,6 +1,9 @@
 """Turn-taking edge cases, scripted on fakes and a virtual clock (no models): overlapping
 interruptions, interruptions at the very start and very end of a reply, a minute-long monologue,
-an LLM failing mid-reply. Each asserts that no task leaks and the history is what was heard."""
+an LLM failing mid-reply. Each asserts that no task leaks and the history is what was heard.
+
+Fakes: the `Rig` of tests/fakes.py (`FakeSTT`, `FakeLLM`, `FakeTTSEngine`, on a `VirtualClock`).
+Real: the turn manager, streaming TTS, playout and conversation context."""
 
 from __future__ import annotations
 
@@ -10,10 +13,7 @@ import numpy as np
 
 from agent.turns import State
 from pipeline.events import SpeechEnded, SpeechStarted
-from tests.fakes import settle
-from tests.test_turns import AUDIO, Rig, _leftover_tasks
-
-REPLY = "One two three four five. Six seven eight nine ten. Eleven twelve thirteen fourteen fifteen."
+from tests.fakes import AUDIO, REPLY, Rig, leftover_tasks, settle
 
 
 def assert_history_is_heard(rig: Rig) -> None:
@@ -26,23 +26,16 @@ def assert_history_is_heard(rig: Rig) -> None:
             assert m.agent_text.replace(" ", "").startswith(m.heard_text.replace(" ", "").rstrip(".")[:5])
 
 
-async def _wait_state(rig: Rig, state: State, limit: float = 5.0) -> None:
-    t0 = rig.clock.now()
-    while rig.turns.state is not state:
-        assert rig.clock.now() - t0 < limit, f"never reached {state}"
-        await settle(rig.clock, 0.01)
-
-
 async def test_overlapping_interruptions_in_quick_succession():
     async with Rig(["tell me", "wait", "no", "stop"], [REPLY, REPLY, REPLY, "Okay."]) as rig:
         before = asyncio.all_tasks()
         await rig.user_says()
         for _ in range(3):  # each new reply is cut 0.2 s after it is first heard
-            await _wait_state(rig, State.SPEAKING)
+            await rig.wait_state(State.SPEAKING)
             await settle(rig.clock, 0.2)
             await rig.user_says(0.4)
         await rig.turns.wait_reply()
-        assert not _leftover_tasks(before)
+        assert not leftover_tasks(before)
     ms = rig.turns.turns
     assert [m.interrupted for m in ms] == [True, True, True, False]
     assert ms[-1].heard_text == "Okay."
@@ -53,7 +46,7 @@ async def test_overlapping_interruptions_in_quick_succession():
 async def test_interruption_in_the_first_50_ms_of_the_reply():
     async with Rig(["hello", "actually"], [REPLY, "Sure."]) as rig:
         await rig.user_says()
-        await _wait_state(rig, State.SPEAKING)
+        await rig.wait_state(State.SPEAKING)
         await settle(rig.clock, 0.04)
         await rig.turns.handle(SpeechStarted(rig.clock.now()))
         await settle(rig.clock, 0.5)
@@ -68,7 +61,7 @@ async def test_interruption_in_the_first_50_ms_of_the_reply():
 async def test_interruption_after_generation_ended_but_before_playout_ended():
     async with Rig(["hello", "stop"], [REPLY, "Okay."]) as rig:
         await rig.user_says()
-        await _wait_state(rig, State.SPEAKING)
+        await rig.wait_state(State.SPEAKING)
         while rig.tts.last_metrics is None or rig.tts._active:  # all chunks generated…
             await settle(rig.clock, 0.05)
         assert rig.playout.buffered_s > 0.3  # …but a good part is still to be played
@@ -149,7 +142,7 @@ async def test_speaking_again_before_the_reply_began_keeps_every_word_and_the_la
         await rig.user_says()
         await rig.turns.wait_reply()
         await rig.turns.aclose()
-        assert not _leftover_tasks(before)
+        assert not leftover_tasks(before)
     first, cancelled, last = rig.turns.turns
     assert not first.interrupted and first.heard_text == "Hi there."
     assert cancelled.interrupted and cancelled.user_text == "what is the weather" and not cancelled.heard_text

@@ -1,60 +1,20 @@
 """Turn manager on fakes and a virtual clock: whole scripted turns in milliseconds, deterministic.
 
-Fakes: STT, LLM and TTS engine (tests/fakes.py). Real: the turn manager, streaming TTS wrapper,
-phrase splitter, playout and conversation context.
+Fakes: the `Rig` of tests/fakes.py (`FakeSTT`, `FakeLLM`, `FakeTTSEngine`, `RecordingSink`, on a
+`VirtualClock`). Real: the turn manager, streaming TTS wrapper, phrase splitter, playout and
+conversation context. No model is loaded.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 import pytest
 
-from agent.context import INTERRUPTED_NOTE, Conversation
-from agent.turns import APOLOGY, State, TurnManager, TurnOptions
-from pipeline.clock import VirtualClock
+from agent.context import INTERRUPTED_NOTE
+from agent.turns import APOLOGY, State, TurnOptions
 from pipeline.events import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted
-from tests.fakes import FakeLLM, FakeSTT, FakeTTSEngine, RecordingSink, settle
-from tts.playout import Playout
-from tts.stream import StreamingTTS
-
-AUDIO = np.zeros(16000, np.float32)
-
-
-class Rig:
-    def __init__(self, texts: list[str], replies: list[str], options: TurnOptions | None = None, **llm_kw) -> None:
-        self.clock = VirtualClock()
-        self.sink = RecordingSink()
-        self.playout = Playout(self.clock, self.sink, sample_rate=16000)
-        self.stt = FakeSTT(texts)
-        self.llm = FakeLLM(self.clock, replies, **llm_kw)
-        self.engine = FakeTTSEngine()
-        self.tts = StreamingTTS(self.engine, working=self.clock.working)
-        self.events: list[dict] = []
-        self.turns = TurnManager(self.stt, self.llm, self.tts, self.playout, self.clock,
-                                 Conversation("be brief"), options=options, on_event=self.events.append)
-
-    async def __aenter__(self):
-        self._playout_task = asyncio.create_task(self.playout.run())
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.turns.aclose()
-        self._playout_task.cancel()
-        await asyncio.gather(self._playout_task, return_exceptions=True)
-
-    async def user_says(self, duration: float = 1.0) -> float:
-        """User speaks for `duration`, then the VAD ends the turn 0.5 s later. Returns last voiced time."""
-        t = self.clock.now()
-        await self.turns.handle(SpeechStarted(t))
-        await settle(self.clock, duration + 0.5)
-        await self.turns.handle(SpeechEnded(t, t + duration, self.clock.now(), AUDIO))
-        return t + duration
-
-
-def _leftover_tasks(before: set[asyncio.Task]) -> set[asyncio.Task]:
-    return {t for t in asyncio.all_tasks() if t not in before and not t.done()}
+from tests.fakes import AUDIO, Rig, leftover_tasks, settle
 
 
 async def test_two_turns_complete_with_metrics_and_history():
@@ -64,7 +24,7 @@ async def test_two_turns_complete_with_metrics_and_history():
         await rig.turns.wait_reply()
         await rig.user_says()
         await rig.turns.wait_reply()
-        assert not _leftover_tasks(before)
+        assert not leftover_tasks(before)
     t0, t1 = rig.turns.turns
     assert (t0.user_text, t0.agent_text, t0.heard_text) == ("hello there", "Hi! How can I help you today?",
                                                              "Hi! How can I help you today?")
@@ -96,7 +56,7 @@ async def test_barge_in_cancels_reply_flushes_audio_and_keeps_heard_words():
         voiced_after = [t for t in rig.sink.voiced_times() if t > barge_at + 0.05]
         assert voiced_after == [], "agent audio kept playing after the barge-in"
         assert rig.llm.closed == 1, "the LLM stream was not closed by the cancel"
-        assert not _leftover_tasks(before) - {rig.turns._reply}
+        assert not leftover_tasks(before) - {rig.turns._reply.task}
     m = rig.turns.turns[0]
     assert m.interrupted
     assert m.heard_text and long_reply.startswith(m.heard_text.rstrip(".")[:10])
@@ -161,6 +121,22 @@ async def test_preemptive_reply_starts_at_the_pause_and_is_adopted_at_the_endpoi
     assert [x.role for x in rig.turns.conversation.messages] == ["user", "assistant"]
 
 
+async def test_a_reply_held_at_a_pause_ends_with_the_session():
+    """The call ends while a preemptive reply waits at the first silence: closing the turn manager
+    cancels it too (before, it outlived the session, thinking and synthesizing for nobody)."""
+    async with Rig(["hello there"], ["Hi! Nice to hear you."]) as rig:
+        rig.llm.ttft_s = 0.3
+        t = rig.clock.now()
+        await rig.turns.handle(SpeechStarted(t))
+        await settle(rig.clock, 1.0)
+        await rig.turns.handle(SpeechPaused(t + 1.0, AUDIO))
+        await settle(rig.clock, 0.1)
+        held = [task for task in asyncio.all_tasks() if task.get_name() == "preemptive"]
+        assert held and not held[0].done(), "no reply was held at the pause"
+    await asyncio.sleep(0)
+    assert held[0].done(), "the held reply outlived the session"
+
+
 async def test_without_preemption_nothing_starts_before_the_endpoint():
     """`preemptive = false`: neither the final transcript nor the LLM runs at the first silence."""
     async with Rig(["hello there"], ["Hi! Nice to hear you."], TurnOptions(preemptive=False)) as rig:
@@ -178,7 +154,7 @@ async def test_preemptive_reply_is_discarded_unheard_when_the_user_resumes():
         before = asyncio.all_tasks()
         await _pause_then(rig, resume=True)
         await rig.turns.wait_reply()
-        assert not _leftover_tasks(before)
+        assert not leftover_tasks(before)
     (m,) = rig.turns.turns
     assert rig.turns.preempts_discarded == 1
     assert rig.llm.closed == len(rig.llm.requests) == 2, "the discarded LLM stream was not closed"
@@ -227,7 +203,7 @@ async def test_prefills_run_one_at_a_time(prefill_s, expected):
         assert rig.turns.transcriber.passes["interim"] == 3
         assert len(rig.llm.prefilled) == rig.turns.prefills == expected
         await rig.turns.aclose()
-        assert not _leftover_tasks(before), "a prefill outlived the session"
+        assert not leftover_tasks(before), "a prefill outlived the session"
 
 
 async def test_without_preemption_nothing_is_prefilled():

@@ -1,16 +1,17 @@
 """Silero VAD and the speech segmenter, tested on the REAL Silero v6 ONNX model and real speech clips.
 
-Every test but one runs the pinned model through onnxruntime (about 0.2 ms per 32 ms window), so
-the whole file takes a few seconds. Reference onsets come from the clips' own energy envelope. The
-exception, `test_state_machine_on_scripted_probabilities`, scripts the probabilities to pin the exact
-hysteresis and timing rules, which real speech cannot hit window by window.
+Every test marked `models` runs the pinned model through onnxruntime (about 0.2 ms per 32 ms
+window), so the whole file takes a few seconds. Reference onsets come from the clips' own energy
+envelope (`energetic_span`, tests/fakes.py). The two unmarked tests load no model: one validates
+options; `test_state_machine_on_scripted_probabilities` scripts the probabilities (`ScriptedVAD`, a
+fake model, here) to pin the exact hysteresis and timing rules, which real speech cannot hit
+window by window.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -23,10 +24,8 @@ from pipeline.assets import model_file
 from pipeline.audio import AudioFrame, frames_from_array, read_audio
 from pipeline.events import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted
 from stt.vad import WINDOW, SileroVAD, VADOptions, VADSegmenter
+from tests.fakes import DATA, energetic_span
 
-pytestmark = pytest.mark.models  # the real Silero VAD (ONNX)
-
-DATA = Path(__file__).parent / "data"
 RATE = 16_000
 CLIPS = ["goforward.wav", "librivox-0870.wav", "librivox-0880.wav", "librivox-0920.wav",
          *(f"cards/00{i}.wav" for i in range(1, 6))]
@@ -51,15 +50,6 @@ def room(n: int, seed: int = 0) -> np.ndarray:
 
 def padded(x: np.ndarray, lead: float = LEAD, tail: float = TAIL) -> np.ndarray:
     return np.concatenate([room(int(lead * RATE), 1), x, room(int(tail * RATE), 2)]).astype(np.float32)
-
-
-def energetic_span(x: np.ndarray) -> tuple[float, float]:
-    """First and last 30 ms of sound within 25 dB of the clip's loudest 10 ms (seconds from the start)."""
-    frames = x[: len(x) // 160 * 160].reshape(-1, 160).astype(np.float64)
-    db = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-20)
-    run = np.convolve(db > db.max() - 25, np.ones(3), "valid") == 3
-    idx = np.flatnonzero(run)
-    return idx[0] * 0.01, (idx[-1] + 3) * 0.01
 
 
 def segment(x: np.ndarray, rate: int = RATE, *, vad: SileroVAD, frame_ms: int = 20, start: float = 0.0,
@@ -89,6 +79,7 @@ def one_utterance(events: list) -> SpeechEnded:
 # --- the model itself ---------------------------------------------------------------------------
 
 
+@pytest.mark.models
 def test_model_inputs_and_context_match_the_official_wrapper(vad: SileroVAD) -> None:
     """Same numbers as silero_vad's OnnxWrapper: each call sees the previous call's last 64 samples first."""
     x = load("librivox-0880.wav")[: 40 * WINDOW]
@@ -108,6 +99,7 @@ def test_model_inputs_and_context_match_the_official_wrapper(vad: SileroVAD) -> 
     assert vad(x[:WINDOW]) == pytest.approx(expected[0], abs=1e-6)  # reset really starts a new stream
 
 
+@pytest.mark.models
 def test_model_rejects_wrong_window_size(vad: SileroVAD) -> None:
     with pytest.raises(ValueError, match="512"):
         vad(np.zeros(480, np.float32))
@@ -164,6 +156,7 @@ def test_state_machine_on_scripted_probabilities() -> None:
 # --- real speech ------------------------------------------------------------------------------
 
 
+@pytest.mark.models
 @pytest.mark.parametrize("name", CLIPS)
 def test_each_clip_is_one_utterance_with_accurate_onset(name: str, vad: SileroVAD) -> None:
     x = load(name)
@@ -184,6 +177,7 @@ def test_each_clip_is_one_utterance_with_accurate_onset(name: str, vad: SileroVA
     assert pauses[-1].last_voiced == utt.last_voiced
 
 
+@pytest.mark.models
 def test_speech_in_white_noise_at_10db_snr(vad: SileroVAD) -> None:
     rng = np.random.default_rng(7)
     for name in ["librivox-0880.wav", "goforward.wav", "cards/005.wav"]:
@@ -199,6 +193,7 @@ def test_speech_in_white_noise_at_10db_snr(vad: SileroVAD) -> None:
         assert abs(utt.last_voiced - ref.last_voiced) <= 0.2, name
 
 
+@pytest.mark.models
 @pytest.mark.parametrize("dbfs", [-30, -10])
 def test_white_noise_alone_is_not_speech(dbfs: float, vad: SileroVAD) -> None:
     noise = np.random.default_rng(-dbfs).standard_normal(20 * RATE) * 10 ** (dbfs / 20)
@@ -208,6 +203,7 @@ def test_white_noise_alone_is_not_speech(dbfs: float, vad: SileroVAD) -> None:
     assert events == []
 
 
+@pytest.mark.models
 def test_ten_minutes_of_digital_silence_keeps_memory_and_cpu_bounded(vad: SileroVAD) -> None:
     seg = VADSegmenter(vad=vad)
     zeros = np.zeros(RATE // 50, np.float32)
@@ -224,6 +220,7 @@ def test_ten_minutes_of_digital_silence_keeps_memory_and_cpu_bounded(vad: Silero
     assert seg.buffered_samples <= 0.2 * RATE + 2 * WINDOW
 
 
+@pytest.mark.models
 def test_nan_and_inf_are_sanitized(vad: SileroVAD) -> None:
     rng = np.random.default_rng(3)
     junk = room(5 * RATE)
@@ -239,6 +236,7 @@ def test_nan_and_inf_are_sanitized(vad: SileroVAD) -> None:
     assert np.isfinite(utt.audio).all() and np.abs(utt.audio).max() <= 1.0
 
 
+@pytest.mark.models
 @pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
 def test_other_sample_rates_segment_like_16k(rate: int, vad: SileroVAD) -> None:
     for name in ["librivox-0920.wav", "cards/002.wav"]:
@@ -254,6 +252,7 @@ def test_other_sample_rates_segment_like_16k(rate: int, vad: SileroVAD) -> None:
         assert len(utt.audio) / RATE == pytest.approx(utt.last_voiced - utt.started + 0.4, abs=0.01)
 
 
+@pytest.mark.models
 def test_stereo_is_mixed_to_mono(vad: SileroVAD) -> None:
     """A headset with a dead left channel: the channels are averaged, not the first one taken."""
     x = padded(load("librivox-0870.wav"))
@@ -269,6 +268,7 @@ def test_stereo_is_mixed_to_mono(vad: SileroVAD) -> None:
     np.testing.assert_allclose(utt.audio, ref.audio, atol=1e-6)
 
 
+@pytest.mark.models
 def test_dc_offset_is_removed(vad: SileroVAD) -> None:
     x = padded(load("goforward.wav"))
     ref = one_utterance(segment(x, vad=vad)[0])
@@ -277,6 +277,7 @@ def test_dc_offset_is_removed(vad: SileroVAD) -> None:
     assert abs(float(utt.audio.mean())) < 0.01  # downstream (STT) gets the offset removed too
 
 
+@pytest.mark.models
 def test_clipped_speech_is_detected(vad: SileroVAD) -> None:
     x = padded(load("librivox-0920.wav"))
     ref = one_utterance(segment(x, vad=vad)[0])
@@ -285,6 +286,7 @@ def test_clipped_speech_is_detected(vad: SileroVAD) -> None:
     assert abs(utt.started - ref.started) <= 0.2 and abs(utt.last_voiced - ref.last_voiced) <= 0.2
 
 
+@pytest.mark.models
 def test_quiet_speech_is_boosted_for_the_model(vad: SileroVAD) -> None:
     x = padded(load("goforward.wav"))
     quiet = (x / np.abs(x).max() * 10 ** (-50 / 20)).astype(np.float32)  # peaks at -50 dBFS
@@ -294,6 +296,7 @@ def test_quiet_speech_is_boosted_for_the_model(vad: SileroVAD) -> None:
     assert segment(quiet, vad=vad, options=VADOptions(max_gain_db=0))[0] == []  # Silero alone misses it
 
 
+@pytest.mark.models
 def test_short_bursts_do_not_start_a_turn(vad: SileroVAD) -> None:
     rng = np.random.default_rng(5)
     x = room(3 * RATE)
@@ -306,6 +309,7 @@ def test_short_bursts_do_not_start_a_turn(vad: SileroVAD) -> None:
     assert events == []  # ...but too little to be a turn
 
 
+@pytest.mark.models
 def test_pause_shorter_than_hangover_pauses_then_resumes(vad: SileroVAD) -> None:
     a, b = load("cards/001.wav"), load("cards/003.wav")
     (a0, a1), (b0, _) = energetic_span(a), energetic_span(b)
@@ -326,6 +330,7 @@ def test_pause_shorter_than_hangover_pauses_then_resumes(vad: SileroVAD) -> None
     assert letters(segment(x, vad=vad)[0]).count("E") == 2
 
 
+@pytest.mark.models
 def test_long_monologue_is_cut_into_bounded_utterances(vad: SileroVAD) -> None:
     parts = []
     while sum(map(len, parts)) < 65 * RATE:
@@ -349,6 +354,7 @@ def test_long_monologue_is_cut_into_bounded_utterances(vad: SileroVAD) -> None:
     assert seg.buffered_samples == 0  # flushed
 
 
+@pytest.mark.models
 @settings(max_examples=12, deadline=None)
 @given(sizes=st.lists(st.integers(1, 3000), min_size=1, max_size=8), offset=st.floats(0, 1e5))
 def test_frame_sizes_and_timestamps_do_not_change_segmentation(sizes: list[int], offset: float, vad: SileroVAD) -> None:
@@ -367,6 +373,7 @@ def test_frame_sizes_and_timestamps_do_not_change_segmentation(sizes: list[int],
         np.testing.assert_array_equal(got.audio, want.audio)
 
 
+@pytest.mark.models
 def test_timestamp_gap_shows_in_event_times(vad: SileroVAD) -> None:
     """A transport that drops 5 s of frames: times after the gap follow the frames' own timestamps."""
     x = padded(load("cards/005.wav"))
@@ -381,6 +388,7 @@ def test_timestamp_gap_shows_in_event_times(vad: SileroVAD) -> None:
     assert utt.decided_at == pytest.approx(ref.decided_at + 5.0, abs=1e-6)
 
 
+@pytest.mark.models
 def test_flush_ends_speech_in_progress(vad: SileroVAD) -> None:
     x = load("librivox-0870.wav")
     x = padded(x[: len(x) // 2], tail=0)  # the stream stops mid-sentence

@@ -21,7 +21,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from pipeline.audio import AudioFrame, read_audio
-from tests.conftest import DATA, words
+from tests.fakes import DATA, words
 from transport.client import AgentCall, ScriptedMicTrack
 from transport.server import PEERS, ServeOptions, make_app
 from transport.webrtc import OUT_FRAME, OUT_RATE, AgentAudioTrack, frame_to_mono, parse_ice_server, rtc_configuration

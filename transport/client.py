@@ -19,6 +19,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from pipeline.audio import resample
+from transport.pacing import FramePacer
 from transport.webrtc import EVENTS_CHANNEL, enable_loopback_candidates, frame_to_mono, rtc_configuration
 
 
@@ -38,7 +39,7 @@ class ScriptedMicTrack(MediaStreamTrack):
         lead = np.zeros(int(lead_s * sample_rate), np.float32)
         self.audio = np.concatenate([lead, samples.astype(np.float32)])
         self.pos = 0
-        self._start: float | None = None
+        self._pacer = FramePacer(sample_rate)  # after a stall, the late frames go at once (catch up)
         self.speech_end: float | None = None
         self.voiced_end: float | None = None
         voiced = [i for i in range(0, len(self.audio), self.step)
@@ -56,11 +57,7 @@ class ScriptedMicTrack(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        delay = self._start + self.pos / self.rate - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        await self._pacer.wait(self.pos)
         chunk = self.audio[self.pos : self.pos + self.step]
         if self.pos == self._last_voiced_pos:
             self.voiced_end = time.monotonic() + self.step / self.rate  # once this frame has played out

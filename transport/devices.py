@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -137,39 +137,19 @@ class DeviceSpeaker:
             self._stream = None
 
 
-async def talk(config, input_device=None, output_device=None, progress: Callable[[str], None] = print,
-               say: Callable[[str], None] = print, sd: Any = None) -> list[dict]:
-    """Converse on the local microphone and speaker until cancelled (Ctrl-C); return the turns' metrics."""
-    from agent.stack import load_stack
-    from pipeline.clock import RealClock
-
+def check_devices(input_device: int | str | None = None, output_device: int | str | None = None,
+                  sd: Any = None) -> Any:
+    """Both devices open at the rates the agent uses, or a `DeviceError` saying which and what to do;
+    returns the sounddevice module. Run it before the models load: a missing device should not cost a minute."""
     sd = sd or load_sounddevice()
     for kind, check, device, rate in (("microphone", sd.check_input_settings, input_device, 16_000),
                                       ("speaker", sd.check_output_settings, output_device, 48_000)):
-        try:  # before the models load: a missing device should not cost a minute
+        try:
             check(device=device, channels=1, samplerate=rate)
         except Exception as exc:
             raise DeviceError(f"no usable {kind} {device if device is not None else '(default)'}: {exc}; "
                               "list devices with `rejoinder talk --list-devices`") from None
-    clock = RealClock()
-    turns: list[dict] = []
-
-    def on_event(event: dict) -> None:
-        if event["type"] == "transcript" and event.get("final") and event["text"]:
-            say(f"you:   {event['text']}")
-        elif event["type"] == "turn":
-            m = event["metrics"]
-            turns.append(m)
-            say(f"agent: {m['heard_text']}{' [interrupted]' if m['interrupted'] else ''}  "
-                f"({m['timings_ms']['voice_to_voice']} ms voice-to-voice)")
-
-    async with load_stack(config, progress) as stack:
-        mic = DeviceMicrophone(clock, input_device, sd=sd)
-        with DeviceSpeaker(output_device, sd=sd) as speaker:
-            session = stack.new_session(clock, speaker.push, output_rate=speaker.rate, on_event=on_event)
-            progress("listening: speak (Ctrl-C to stop; use headphones, or the agent may hear itself)")
-            await session.run(mic.frames())  # until Ctrl-C cancels it
-    return turns
+    return sd
 
 
 def list_devices(sd: Any = None) -> str:
@@ -177,4 +157,4 @@ def list_devices(sd: Any = None) -> str:
     return str(devices) if len(devices) else "no audio devices found (is PortAudio able to see a sound card?)"
 
 
-__all__ = ["DeviceError", "DeviceMicrophone", "DeviceSpeaker", "list_devices", "talk"]
+__all__ = ["DeviceError", "DeviceMicrophone", "DeviceSpeaker", "check_devices", "list_devices"]

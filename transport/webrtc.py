@@ -26,12 +26,12 @@ from aiortc.mediastreams import MediaStreamError
 from pipeline.audio import AudioFrame
 from pipeline.clock import Clock, RealClock
 from pipeline.mic_timeline import MicTimeline
+from pipeline.tasks import TaskSet
 from transport.guard import BadJSON, loads_bounded
+from transport.pacing import FramePacer
 
 if TYPE_CHECKING:
     from aiortc import RTCDataChannel
-
-    from tts.playout import Playout
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class AgentAudioTrack(MediaStreamTrack):
         self._max_frames = max_frames
         self._grace_s = grace_s
         self._arrived = asyncio.Event()
-        self._start: float | None = None
+        self._pacer = FramePacer(OUT_RATE, reanchor_after_s=0.5)  # far behind (loop stalled): re-anchor, no burst
         self._pts = 0
         self.dropped = 0  # frames dropped because the queue was full (the loop stalled)
         self._source: Callable[[], AudioFrame] | None = None
@@ -129,14 +129,7 @@ class AgentAudioTrack(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        deadline = self._start + self._pts / OUT_RATE
-        delay = deadline - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        elif delay < -0.5:  # far behind (loop stalled): re-anchor rather than burst
-            self._start = time.monotonic() - self._pts / OUT_RATE
+        await self._pacer.wait(self._pts)
         if self._source is not None:
             frame = self._source()
             if frame.sample_rate != OUT_RATE:
@@ -207,8 +200,22 @@ def enable_loopback_candidates() -> None:
 
 
 # --- one browser ---------------------------------------------------------------------------------
+class PlayoutLike(Protocol):
+    """What a peer uses of the session's output (`tts.playout.Playout`): it pulls frames at send time,
+    and reads which words of the reply playing were heard."""
+
+    paced_by_consumer: bool
+
+    def pull(self) -> AudioFrame: ...
+
+    @property
+    def playing_request(self) -> str | None: ...
+
+    def heard_text(self, request_id: str) -> str: ...
+
+
 class SessionLike(Protocol):
-    playout: Playout  # paced and pulled by the outgoing track
+    playout: PlayoutLike  # paced and pulled by the outgoing track
 
     async def run(self, frames: AsyncIterator[AudioFrame]) -> None: ...
 
@@ -244,7 +251,7 @@ class PeerSession:
         self.on_closed: Callable[[], Any] = lambda: None  # the server forgets the peer here
         self._pending: list[str] = []
         self.dropped_messages = 0  # data channel messages that were not a usable event
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = TaskSet(prefix=name)  # every task this peer starts; close() cancels them
         self._session_task: asyncio.Task | None = None
         self._closing = False
         self.pc.on("datachannel", self._on_datachannel)
@@ -256,7 +263,7 @@ class PeerSession:
         await self.pc.setRemoteDescription(offer)
         self.pc.addTrack(self.out_track)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        self._spawn(self._watchdog(), "watchdog")
+        self._tasks.spawn(self._watchdog(), "watchdog")
         return self.pc.localDescription
 
     # --- events ----------------------------------------------------------------------------------
@@ -342,7 +349,7 @@ class PeerSession:
             server = m["timings_ms"].get("voice_to_voice") if m else None
             self.send({"type": "v2v", "turn": turn, "client_ms": ms, "server_ms": server})
         elif kind == "bye":
-            self._spawn(self.close(), "close")
+            self._tasks.spawn(self.close(), "close")
         elif kind != "ping":
             self._drop(message, "unknown event type")
 
@@ -350,21 +357,21 @@ class PeerSession:
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind != "audio" or self._session_task is not None:
             return
-        self._session_task = self._spawn(self._run_session(track), "session")
+        self._session_task = self._tasks.spawn(self._run_session(track), "session")
 
     async def _run_session(self, track: MediaStreamTrack) -> None:
         session = self.stack.new_session(self.clock, lambda frame: None, output_rate=OUT_RATE,
                                          on_event=self._on_agent_event)
         session.playout.paced_by_consumer = True  # this track's recv() paces and pulls
         self.out_track.attach(session.playout.pull)
-        heard = self._spawn(self._heard_text_loop(session), "heard")
+        heard = self._tasks.spawn(self._heard_text_loop(session), "heard")
 
         async def frames() -> AsyncIterator[AudioFrame]:
             async for frame in track_frames(track, self.clock):
                 yield frame
             # the browser's track ended (hang-up, RTCP BYE, transport gone): nobody would hear a reply
             log.info("%s: the remote audio track ended", self.name)
-            self._spawn(self.close(), "close")
+            self._tasks.spawn(self.close(), "close")
             await asyncio.Event().wait()  # until close() cancels this session
 
         try:
@@ -375,7 +382,7 @@ class PeerSession:
         finally:
             heard.cancel()
         if not self._closing:
-            self._spawn(self.close(), "close")
+            self._tasks.spawn(self.close(), "close")
 
     async def _heard_text_loop(self, session: Any) -> None:
         """Send the agent's words as they are played (`Playout.heard_text`), a few times a second."""
@@ -400,7 +407,7 @@ class PeerSession:
             self.connected_at = time.monotonic()
             self.send({"type": "connected", "connect_ms": round((self.connected_at - self.created) * 1000, 1)})
         elif state in ("failed", "closed"):
-            self._spawn(self.close(), "close")
+            self._tasks.spawn(self.close(), "close")
 
     async def _watchdog(self) -> None:
         while True:
@@ -414,13 +421,7 @@ class PeerSession:
                 self.send({"type": "closing", "reason": "idle timeout"})
                 await asyncio.sleep(0.2)
                 break
-        self._spawn(self.close(), "close")
-
-    def _spawn(self, coro, what: str) -> asyncio.Task:
-        task = asyncio.create_task(coro, name=f"{self.name}-{what}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        self._tasks.spawn(self.close(), "close")
 
     async def close(self) -> None:
         """Stop the agent session, close the peer, cancel every task this peer started. Idempotent."""
@@ -428,11 +429,7 @@ class PeerSession:
             await self.closed.wait()
             return
         self._closing = True
-        me = asyncio.current_task()
-        others = [t for t in self._tasks if t is not me]
-        for t in others:
-            t.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
+        await self._tasks.cancel_all(spare=asyncio.current_task())
         self.out_track.stop()
         try:
             await self.pc.close()

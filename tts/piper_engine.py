@@ -34,6 +34,7 @@ from pipeline.assets import (
     write_manifest,
 )
 from pipeline.stages import VoiceOptions
+from tts.engines import TTSOptions
 
 log = logging.getLogger(__name__)
 
@@ -284,3 +285,8 @@ def _resolve(voice: str) -> tuple[Path, Path]:
     if not p.is_file() or not cfg.is_file():
         raise FileNotFoundError(f"Piper voice not found: need {p} and {cfg} (or use the bundled 'piper-joe')")
     return p, cfg
+
+
+def load(options: TTSOptions) -> PiperEngine:
+    """The engine registered as "piper" in `tts/engines.py`."""
+    return PiperEngine(options.voice, options.voice_options, options.threads)

@@ -28,7 +28,6 @@ import functools
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -39,15 +38,16 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from agent.benches import report
-from agent.benches.measure import VOICED_RMS, analyse
+from agent.benches.measure import VOICED_RMS, Conversation, SentClip, Step, analyse
 from agent.config import AgentConfig, _set, load_config
 from pipeline.audio import read_audio, resample
 from transport.client import AgentCall
+from transport.pacing import FramePacer
 
 if TYPE_CHECKING:
     from agent.stack import AgentStack
 
-DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+DATA = Path(__file__).resolve().parents[2] / "tests" / "data"
 CLIPS = ["librivox-0880.wav", "goforward.wav", "librivox-0920.wav", "cards/005.wav", "librivox-0870.wav"]
 RATE, STEP = 48_000, 960  # the mic sends 20 ms frames at 48 kHz, like a browser
 BARGE_POINTS = (0.5, 1.0, 1.5, 2.0)
@@ -55,20 +55,6 @@ ALIASES = {"preemptive": "turns.preemptive", "stt_model": "stt.model", "threads"
 
 
 # --- the scripted caller ---------------------------------------------------------------------------
-@dataclass
-class SentClip:
-    """A clip queued on the mic; times (time.monotonic) are filled in as its frames are sent."""
-
-    name: str
-    start: int  # sample offset in the mic's stream
-    end: int
-    first_voiced: int  # frame indices within the clip
-    last_voiced: int
-    onset: float | None = None  # the first voiced frame was sent
-    voiced_end: float | None = None  # the frame with the last voiced sample had played out
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-
 def _frame_rms(x: np.ndarray, step: int = STEP) -> np.ndarray:
     n = len(x) // step
     return np.sqrt(np.mean(x[: n * step].reshape(n, step) ** 2, axis=1)) if n else np.zeros(0)
@@ -85,7 +71,7 @@ class BenchMic(MediaStreamTrack):
         self.audio = np.zeros(0, np.float32)
         self.pos = 0
         self.clips: list[SentClip] = []
-        self._start: float | None = None
+        self._pacer = FramePacer(RATE)  # after a stall, the late frames go at once (catch up)
         self.echo_gain = None if echo_db is None else 10 ** (echo_db / 20)
         self.echo_delay_s = echo_delay_s
         self._echo: deque[tuple[float, np.ndarray]] = deque()
@@ -108,12 +94,7 @@ class BenchMic(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        delay = self._start + self.pos / RATE - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        now = time.monotonic()
+        now = await self._pacer.wait(self.pos)
         chunk = self.audio[self.pos : self.pos + STEP]
         chunk = np.pad(chunk, (0, STEP - len(chunk)))
         for c in self.clips:
@@ -151,22 +132,6 @@ class BenchCall(AgentCall):
 
 
 # --- scenarios ----------------------------------------------------------------------------------
-@dataclass
-class Step:
-    clip: str
-    barge_after_s: float | None = None  # start this clip this long into the previous reply
-
-
-@dataclass
-class Conversation:
-    kind: str  # dialogue | barge | echo
-    steps: list[Step]
-
-    @property
-    def echo(self) -> bool:
-        return self.kind == "echo"
-
-
 def plan(turns: int) -> list[Conversation]:
     """`turns` user turns: multi-turn dialogues, barge-ins at 0.5–2 s into replies, echo conversations."""
     convs: list[Conversation] = []
@@ -252,7 +217,7 @@ async def run_conversation(url: str, conv: Conversation, gap_s: float = 0.8, ech
     finally:
         await call.close()
     return {"kind": conv.kind, "connect_ms": round(connect_ms, 1),
-            "turns": analyse(call, mic, conv, in_process)}
+            "turns": analyse(call, mic.clips, conv, in_process)}
 
 
 # --- orchestration -------------------------------------------------------------------------------
@@ -299,12 +264,11 @@ async def _stack_for(ex: contextlib.AsyncExitStack, base: AgentStack | None, cfg
 
     if base is None or cfg.llm != base.config.llm or cfg.embedded_llm != base.config.embedded_llm:
         return await ex.enter_async_context(load_stack(cfg, progress))
-    from stt.whisper import load_engine
-    from tts.piper_engine import PiperEngine
+    from stt.engines import load_stt
+    from tts.engines import load_tts
 
-    stt = base.stt if cfg.stt == base.config.stt else await asyncio.to_thread(load_engine, cfg.stt)
-    tts = base.tts_engine if cfg.tts == base.config.tts else await asyncio.to_thread(
-        PiperEngine, cfg.tts.voice, cfg.tts.voice_options, cfg.tts.threads)
+    stt = base.stt if cfg.stt == base.config.stt else await asyncio.to_thread(load_stt, cfg.stt)
+    tts = base.tts_engine if cfg.tts == base.config.tts else await asyncio.to_thread(load_tts, cfg.tts)
     return AgentStack(cfg, stt, tts, base.llm)
 
 

@@ -1,4 +1,5 @@
-"""What the bench measures in one call's recorded audio and events (see `agent/benches/call.py`).
+"""What the bench measures in one call's recorded audio and events (see `agent/benches/call.py`),
+and the scenario types both read: a conversation's steps and each clip as the mic sent it.
 
 Client figures come from energy per 20 ms frame on both directions, on the client's clock; the
 server's turn events are kept beside each turn. In process, the server's media times are on the
@@ -7,32 +8,66 @@ same clock, so the transport's share (uplink, downlink) is measured too.
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from agent.benches.call import BenchMic, Conversation
     from transport.client import AgentCall
 
 VOICED_RMS = 0.01
 SILENT_RUN_S = 0.5  # agent "falls silent": this long without an audible frame
 
 
-def analyse(call: AgentCall, mic: BenchMic, conv: Conversation, in_process: bool = True) -> list[dict]:
-    """Per user turn: client figures from the audio both ways, and the server's turn event. In
-    process the server's media times are on our clock, so the transport's share is measured too."""
+# --- what was said, and when (the caller fills these in; `analyse` reads them) -------------------
+@dataclass
+class Step:
+    clip: str
+    barge_after_s: float | None = None  # start this clip this long into the previous reply
+
+
+@dataclass
+class Conversation:
+    kind: str  # dialogue | barge | echo
+    steps: list[Step]
+
+    @property
+    def echo(self) -> bool:
+        return self.kind == "echo"
+
+
+@dataclass
+class SentClip:
+    """A clip queued on the mic; times (time.monotonic) are filled in as its frames are sent."""
+
+    name: str
+    start: int  # sample offset in the mic's stream
+    end: int
+    first_voiced: int  # frame indices within the clip
+    last_voiced: int
+    onset: float | None = None  # the first voiced frame was sent
+    voiced_end: float | None = None  # the frame with the last voiced sample had played out
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+# --- the figures ----------------------------------------------------------------------------------
+def analyse(call: AgentCall, clips: list[SentClip], conv: Conversation, in_process: bool = True) -> list[dict]:
+    """Per user turn (`clips`: the mic's, in the order sent): client figures from the audio both ways,
+    and the server's turn event. In process the server's media times are on our clock, so the
+    transport's share is measured too."""
     times = np.array([t for t, _, _ in call.audio])
     rms = np.array([float(np.sqrt(np.mean(s * s))) if s.size else 0.0 for _, s, _ in call.audio])
     peak = np.array([float(np.abs(s).max()) if s.size else 0.0 for _, s, _ in call.audio])
     voiced = rms > VOICED_RMS
     turn_events = [(t, e["metrics"]) for e, t in zip(call.events, call.event_times) if e["type"] == "turn"]
-    spans = [(c.onset, c.voiced_end) for c in mic.clips if c.onset and c.voiced_end]
+    spans = [(c.onset, c.voiced_end) for c in clips if c.onset and c.voiced_end]
     out = []
-    for i, (step, clip) in enumerate(zip(conv.steps, mic.clips)):
+    for i, (step, clip) in enumerate(zip(conv.steps, clips)):
         ve = clip.voiced_end
         assert ve is not None, "analyse() runs once every clip has been sent"
-        nxt = mic.clips[i + 1] if i + 1 < len(mic.clips) else None
+        nxt = clips[i + 1] if i + 1 < len(clips) else None
         rec: dict = {"conversation": conv.kind, "clip": clip.name, "echo": conv.echo,
                      "barge_after_s": step.barge_after_s}
         after = np.nonzero((times >= ve) & voiced)[0]

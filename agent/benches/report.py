@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import platform
 import resource
 import time
 from pathlib import Path
 
 import numpy as np
+
+from agent.benches.stats import machine, summary
 
 STAGES = ["endpoint", "stt_final", "llm_ttft", "first_phrase", "tts_ttfa", "playout"]  # the server's
 # The chart stacks the critical path from the user's last voiced sample: what the reply waited
@@ -19,33 +20,7 @@ TARGETS = {"v2v_client_p50_ms": 800, "v2v_client_p95_ms": 1200, "barge_in_to_sil
            "self_interruptions": 0, "underruns": 0}
 
 
-def stats(values) -> dict:
-    v = [float(x) for x in values if x is not None]
-    if not v:
-        return {"n": 0, "p50": None, "p95": None, "max": None}
-    return {"n": len(v), "p50": round(float(np.percentile(v, 50)), 1), "p95": round(float(np.percentile(v, 95)), 1),
-            "max": round(max(v), 1)}
-
-
-# --- machine and CPU ------------------------------------------------------------------------------
-def machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        mem = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        pass
-    return {"cores": os.cpu_count(), "cpu_model": model, "memory_gib": mem, "python": platform.python_version(),
-            "system": platform.platform()}
-
-
+# --- CPU ------------------------------------------------------------------------------------------
 def _descendants_cpu() -> float:
     """CPU seconds of this process's live descendants (the embedded LLM server), from /proc."""
     me, tick = os.getpid(), os.sysconf("SC_CLK_TCK")
@@ -99,31 +74,31 @@ def summarize(conversations: list[dict]) -> dict:
     speaking = [b for b in barges if b.get("agent_was_speaking") and not b.get("reply_ending")]
     echo_turns = [t for t in turns if t["echo"]]
     answered = [t for t in turns if t.get("v2v_client_ms") is not None]
-    stages = {"uplink": stats(t.get("uplink_ms") for t in turns),
-              **{s: stats(m["timings_ms"].get(s) for m in server) for s in STAGES},
-              "downlink": stats(t.get("downlink_ms") for t in turns)}
+    stages = {"uplink": summary(t.get("uplink_ms") for t in turns),
+              **{s: summary(m["timings_ms"].get(s) for m in server) for s in STAGES},
+              "downlink": summary(t.get("downlink_ms") for t in turns)}
     return {
         "turns": len(turns),
         "answered": len(answered),
-        "v2v_client_ms": stats(t["v2v_client_ms"] for t in turns if not t.get("barge_after_s")),
-        "v2v_client_after_barge_in_ms": stats(t["v2v_client_ms"] for t in turns if t.get("barge_after_s")),
-        "v2v_server_ms": stats(m["timings_ms"].get("voice_to_voice") for m in server),
+        "v2v_client_ms": summary(t["v2v_client_ms"] for t in turns if not t.get("barge_after_s")),
+        "v2v_client_after_barge_in_ms": summary(t["v2v_client_ms"] for t in turns if t.get("barge_after_s")),
+        "v2v_server_ms": summary(m["timings_ms"].get("voice_to_voice") for m in server),
         "stages_ms": stages,
         "barge_ins": len(barges),
         "barge_ins_while_speaking": len(speaking),
         "barge_ins_as_the_reply_ended": sum(bool(b.get("reply_ending")) for b in barges),
         "barge_ins_detected": sum(b["detected"] for b in speaking),
-        "barge_in_to_silence_client_ms": stats(b.get("client_ms") for b in speaking),
-        "barge_in_to_silence_server_ms": stats(b.get("server_ms") for b in speaking),
+        "barge_in_to_silence_client_ms": summary(b.get("client_ms") for b in speaking),
+        "barge_in_to_silence_server_ms": summary(b.get("server_ms") for b in speaking),
         "echo_turns": len(echo_turns),
         "self_interruptions": sum(t["self_interruptions"] for t in turns),
         "self_interruptions_in_echo_turns": sum(t["self_interruptions"] for t in echo_turns),
         "underruns_client": sum(t.get("client_underruns", 0) for t in turns),
-        "underrun_ms_client": stats(t.get("client_underrun_ms") for t in turns if t.get("client_underruns")),
+        "underrun_ms_client": summary(t.get("client_underrun_ms") for t in turns if t.get("client_underruns")),
         "underruns_server_tts": sum((m.get("tts_underruns") or 0) for m in server),
         "underruns_server_playout": sum((m.get("playout_underruns") or 0) for m in server),
         "errors": [m["error"] for m in server if m.get("error")],
-        "connect_ms": stats(c["connect_ms"] for c in conversations),
+        "connect_ms": summary(c["connect_ms"] for c in conversations),
     }
 
 
@@ -171,8 +146,8 @@ def build(results: dict[str, list[dict]], cpu: dict, load: dict | None, browser:
                        "v2v_client_values": [t["v2v_client_ms"] for cv in load["conversations"] for t in cv["turns"]
                                              if t.get("v2v_client_ms") is not None]}
     if browser is not None:
-        doc["browser"] = {**browser, "v2v_client": stats(browser["v2v_client_ms"]),
-                          "v2v_server": stats(browser["v2v_server_ms"])}
+        doc["browser"] = {**browser, "v2v_client": summary(browser["v2v_client_ms"]),
+                          "v2v_server": summary(browser["v2v_server_ms"])}
     return doc
 
 

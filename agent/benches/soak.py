@@ -78,8 +78,9 @@ async def run_soak(config: AgentConfig | None = None, calls: int = 200, warmup: 
     """Run `calls` calls one at a time; return the per-call samples and the summary."""
     from aiohttp import web
 
-    from agent.benches.call import Conversation, Step, run_conversation
-    from agent.benches.report import machine
+    from agent.benches.call import run_conversation
+    from agent.benches.measure import Conversation, Step
+    from agent.benches.stats import machine
     from agent.stack import load_stack
     from transport.server import PEERS, ServeOptions, make_app
 

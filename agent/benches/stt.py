@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import platform
 import re
 import time
 from collections.abc import Callable
@@ -23,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.benches.stats import machine, summary
 from pipeline.audio import STT_RATE, frames_from_array, read_audio
 from pipeline.clock import Clock, VirtualClock
 from pipeline.events import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted, Transcript, VADEvent
 from stt.transcriber import Engine, StreamingTranscriber, TranscriberOptions
 from stt.vad import VAD, SileroVAD, VADOptions, VADSegmenter
 
-DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+DATA = Path(__file__).resolve().parents[2] / "tests" / "data"
 
 # --- word error rate ------------------------------------------------------------------------------
 
@@ -206,10 +206,6 @@ async def stream_file(engine: Engine, path: Path, clock: Clock, emit: Callable[[
 # --- the benchmark --------------------------------------------------------------------------------
 
 
-def _pct(xs: list[float], q: float) -> float | None:
-    return round(float(np.percentile(xs, q)), 1) if xs else None
-
-
 async def bench_engine(engine: Engine, clips: list[Clip], repeat: int = 3,
                        options: TranscriberOptions | None = None, vad_options: VADOptions | None = None,
                        progress: Callable[[str], None] = lambda s: None) -> dict:
@@ -247,11 +243,9 @@ async def bench_engine(engine: Engine, clips: list[Clip], repeat: int = 3,
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     hang = vo.hangover_ms
     return {
-        "endpoint_to_final_ms": {"p50": _pct(after_decision, 50), "p95": _pct(after_decision, 95),
-                                 "n": len(after_decision)},
-        "last_voiced_to_final_ms": {"p50": _pct(after_voiced, 50), "p95": _pct(after_voiced, 95)},
-        "beyond_hangover_ms": {"p50": _pct([v - hang for v in after_voiced], 50),
-                               "p95": _pct([v - hang for v in after_voiced], 95)},
+        "endpoint_to_final_ms": summary(after_decision, ("p50", "p95", "n")),
+        "last_voiced_to_final_ms": summary(after_voiced, ("p50", "p95")),
+        "beyond_hangover_ms": summary([v - hang for v in after_voiced], ("p50", "p95")),
         "wer": {g: round(edits[g] / max(1, words[g]), 4) for g in edits}
         | {"all": round(sum(edits.values()) / max(1, sum(words.values())), 4)},
         "cpu_s_per_audio_s": round(cpu / audio_s, 3),
@@ -275,8 +269,7 @@ async def run_bench(models: list[str], repeat: int = 3, baseline: bool = False, 
     doc: dict = {"models": {}, "notes": [], "setup": {
         "clips": [c.name for c in clips], "repeat": repeat, "clock": "virtual (compute charged in real time)",
         "hangover_ms": VADOptions().hangover_ms, "pause_ms": VADOptions().pause_ms, "whisper_threads": threads,
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "load_avg_1m": round(os.getloadavg()[0], 2)},
+        "machine": {**machine(), "load_avg_1m": round(os.getloadavg()[0], 2)},
         "cpu_s_per_audio_s": "process CPU time (VAD + all passes) per second of input played, silence included",
     }}
     for name in models:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
-import os
-import platform
 import random
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from multiprocessing.process import BaseProcess
 
+from agent.benches.stats import machine, summary
 from tts.cache import PhraseCache
 from tts.chunks import TTSMetrics
 from tts.stream import StreamingTTS
@@ -49,29 +48,10 @@ TARGETS = {
 }
 
 
-def machine() -> dict:
-    model = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"cores": os.cpu_count(), "processor": model, "python": platform.python_version(),
-            "system": f"{platform.system()} {platform.release()}"}
-
-
-def _pct(xs: Sequence[float | None], q: float) -> float | None:
-    """The q-quantile of the measured values (None: not measured, e.g. no synthesis in the request)."""
-    vals = sorted(x for x in xs if x is not None)
-    if not vals:
-        return None
-    k = (len(vals) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(vals) - 1)
-    return round(vals[lo] + (vals[hi] - vals[lo]) * (k - lo), 3)
-
-
 def _stats(xs: Sequence[float | None]) -> dict:
-    return {"p50": _pct(xs, 0.5), "p95": _pct(xs, 0.95), "n": len(xs)}
+    """p50 / p95 of the measured values (None: not measured, e.g. no synthesis in the request), to
+    3 digits (real-time factors are well under 1), and how many were measured."""
+    return summary(xs, ("p50", "p95", "n"), digits=3)
 
 
 def _metrics(tts: StreamingTTS) -> TTSMetrics:
@@ -299,7 +279,7 @@ async def bench(engine_factory: Callable, reps: int = 5, load: str = "llm", log:
     tts = StreamingTTS(engine)
     doc = {"machine": machine(), "voice": engine.voice_id, "threads": getattr(engine, "threads", None),
            "streaming_engine": getattr(engine, "streaming", False), "reps": reps, "targets": TARGETS}
-    log(f"idle ({doc['machine']['cores']} cores, {doc['machine']['processor']})")
+    log(f"idle ({doc['machine']['cores']} cores, {doc['machine']['cpu_model']})")
     doc["idle"] = await run_suite(tts, reps, log)
     if load != "none":
         log(f"loaded ({'embedded LLM decoding, 1 thread, + 1 busy loop' if load == 'llm' else '2 busy loops'})")
@@ -327,7 +307,7 @@ def verdict(doc: dict) -> dict:
 
 
 def summary_lines(doc: dict) -> list[str]:
-    lines = [f"machine: {doc['machine']['cores']} cores, {doc['machine']['processor']}; voice {doc['voice']}, "
+    lines = [f"machine: {doc['machine']['cores']} cores, {doc['machine']['cpu_model']}; voice {doc['voice']}, "
              f"{doc['threads']} ONNX thread(s), streaming engine {doc['streaming_engine']}"]
     for k, v in doc["verdict"].items():
         lines.append(f"  {k:36s} {v['measured']!s:>8}  (target ≤ {v['target']})  {'ok' if v['met'] else 'MISSED'}")

@@ -15,28 +15,21 @@ the virtual clock so idle time is skipped but compute is real):
 from __future__ import annotations
 
 import copy
-import os
-import platform
-import statistics
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 
+from agent.benches.stats import machine, median, summary
 from agent.config import AgentConfig
 from agent.converse import converse
 from pipeline.audio import resample
 from stt.vad import WINDOW_S, _windows
 
-DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+DATA = Path(__file__).resolve().parents[2] / "tests" / "data"
 CLIPS = ["librivox-0880.wav", "goforward.wav", "librivox-0920.wav", "cards/005.wav", "librivox-0870.wav",
          "cards/001.wav"]
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 1) if values else None
 
 
 async def run_turns_bench(config: AgentConfig, delays_ms: tuple[int, ...] = (20, 80, 140, 200),
@@ -64,10 +57,10 @@ async def run_turns_bench(config: AgentConfig, delays_ms: tuple[int, ...] = (20,
     counted = [b for b in barge if b["outcome"] in ("detected", "missed")]
     detected = [b for b in counted if b["outcome"] == "detected"]
     heard = [b["heard_ok"] for b in detected if b["heard_ok"] is not None]
-    med = {k: round(statistics.median(v), 1) if v else None for k, v in v2v.items()}
+    med = {k: median(v) for k, v in v2v.items()}
     med_on, med_off = med["on"], med["off"]
     return {
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "machine": machine(),
         "echo": {"db": echo_db, "delays_ms": list(delays_ms)},
         "replies_with_echo": echo_turns,
         "self_interruptions": self_interruptions,
@@ -104,7 +97,7 @@ def _window_ms(ms: float) -> float:
 
 
 def _stats(values: list[float]) -> dict:
-    return {"p50": _pct(values, 50), "p95": _pct(values, 95), "max": round(max(values), 1) if values else None}
+    return summary(values, ("p50", "p95", "max"))
 
 
 def _barge_ins(doc: dict, timeline: Path) -> list[dict]:
