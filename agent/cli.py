@@ -71,7 +71,7 @@ def _write_json(doc: dict, path: Path | None, also_stdout: bool) -> None:
 def main(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     """Rejoinder: a real-time conversational voice agent that runs offline on a small CPU."""
     _setup_logging(verbose)
-    ctx.obj = {"config": config_path}
+    ctx.obj = {**(ctx.obj or {}), "config": config_path}  # `agent.run.serve` passes its Agent in obj
 
 
 _model_options = [
@@ -81,6 +81,8 @@ _model_options = [
     click.option("--llm-model", help="Model name at --llm-url."),
     click.option("--voice", help="Piper voice: piper-joe (default) or a path to a .onnx voice."),
     click.option("--rate", type=float, help="Speaking rate, 1.0 = natural."),
+    click.option("--agent", "agent_spec", metavar="FILE.py:NAME",
+                 help="Run this agent (instructions, greeting, tools; see README 'Build your own agent')."),
 ]
 
 
@@ -90,7 +92,21 @@ def model_options(f):
     return f
 
 
-def _overrides(stt_model=None, stt_url=None, llm_url=None, llm_model=None, voice=None, rate=None) -> dict:
+def _agent(ctx: click.Context, spec: str | None):
+    """The agent to run: `--agent FILE.py:NAME`, or the one `agent.run.serve` passed, or None (the plain
+    assistant). A missing file or name is a one-line error before anything loads."""
+    if spec is None:
+        return (ctx.obj or {}).get("agent")
+    from agent.api import load_agent
+
+    try:
+        return load_agent(spec)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+def _overrides(stt_model=None, stt_url=None, llm_url=None, llm_model=None, voice=None, rate=None,
+               agent_spec=None) -> dict:
     return {"stt.model": stt_model, "stt.url": stt_url, "llm.url": llm_url, "llm.model": llm_model,
             "tts.voice": voice, "tts.rate": rate}
 
@@ -114,8 +130,10 @@ def converse(ctx, inputs, out, json_path, fast, gap, interrupt_after, echo_db, e
     from agent.converse import converse as run_converse
 
     cfg = _config(ctx, **_overrides(**models))
+    agent = _agent(ctx, models.get("agent_spec"))
     doc = _run(run_converse(cfg, list(inputs), out, fast=fast, gap_s=gap, progress=_progress,
-                            interrupt_after_s=interrupt_after, echo_db=echo_db, echo_delay_ms=echo_delay_ms))
+                            interrupt_after_s=interrupt_after, echo_db=echo_db, echo_delay_ms=echo_delay_ms,
+                            agent=agent))
     for t in doc["turns"]:
         click.echo(f"user:  {t['user_text']}\nagent: {t['heard_text']}"
                    f"{' [interrupted]' if t['interrupted'] else ''}\n"
@@ -146,6 +164,7 @@ def serve(ctx, host, port, ice_servers, token, allow_hosts, cert, key, max_sessi
     from transport.server import serve as run_server
 
     cfg = _config(ctx, **_overrides(**models))
+    agent = _agent(ctx, models.get("agent_spec"))
     try:
         opts = ServeOptions(host=host, port=port, ice_servers=list(ice_servers), token=token, cert=cert, key=key,
                             max_sessions=max_sessions, allow_hosts=list(allow_hosts))
@@ -158,7 +177,7 @@ def serve(ctx, host, port, ice_servers, token, allow_hosts, cert, key, max_sessi
     from agent.stack import load_stack
 
     async def go():
-        async with load_stack(cfg, _progress) as stack:
+        async with load_stack(cfg, _progress, agent=agent) as stack:
             try:
                 await run_server(stack, opts, announce=click.echo, sock=sock)
             except OSError as exc:
@@ -188,7 +207,9 @@ def talk(ctx, input_device, output_device, list_devices, **models) -> None:
             click.echo(devices())
             return
         cfg = _config(ctx, **_overrides(**models))
-        _run(run_talk(cfg, as_device(input_device), as_device(output_device), progress=_progress, say=click.echo))
+        agent = _agent(ctx, models.get("agent_spec"))
+        _run(run_talk(cfg, as_device(input_device), as_device(output_device), progress=_progress, say=click.echo,
+                      agent=agent))
     except DeviceError as exc:
         _fail(str(exc))
 
@@ -384,6 +405,25 @@ def soak_bench(ctx, calls, warmup, json_path, **models) -> None:
     if calls < 2 or not 1 <= warmup < calls:
         _fail("--calls must be at least 2 and --warmup between 1 and calls - 1")
     doc = _run(run_soak(_config(ctx, **_overrides(**models)), calls=calls, warmup=warmup, progress=_progress))
+    for line in summary_lines(doc):
+        click.echo(line)
+    _write_json(doc, json_path, also_stdout=False)
+
+
+@main.command("tools-bench")
+@click.option("--modes", default="grammar,grammar-noguard", show_default=True,
+              help="Decision modes side by side: grammar, native (the OpenAI tools API), and either with "
+                   "-noguard (a tool that needs digits is offered even when the caller said none).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report.")
+@model_options
+@click.pass_context
+def tools_bench(ctx, modes, json_path, **models) -> None:
+    """Benchmark tool decisions: the right action and arguments on caller requests, per mode."""
+    from agent.benches.tools import main as run_tools
+    from agent.benches.tools import summary_lines
+
+    cfg = _config(ctx, **_overrides(**models))
+    doc = _run(run_tools(cfg, [m.strip() for m in modes.split(",") if m.strip()], progress=_progress))
     for line in summary_lines(doc):
         click.echo(line)
     _write_json(doc, json_path, also_stdout=False)

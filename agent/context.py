@@ -10,7 +10,7 @@ INTERRUPTED_EARLY = "The user interrupted you before they heard anything of your
 
 @dataclass
 class Message:
-    role: str  # "user" | "assistant"
+    role: str  # "user" | "assistant" | "tool" (a tool call and its result, shown to the model as a note)
     text: str
     interrupted: bool = False
 
@@ -28,6 +28,11 @@ class Conversation:
     def add_user(self, text: str) -> None:
         self.messages = _with_user(self.messages, text)
 
+    def add_tool(self, note: str) -> None:
+        """A tool call and its result (`ToolResult.for_model`), in order between the user's words and
+        the reply that used it; shown to the model as a system note, which every endpoint accepts."""
+        self.messages.append(Message("tool", note))
+
     def add_agent(self, heard_text: str, interrupted: bool) -> None:
         if heard_text or interrupted:
             self.messages.append(Message("assistant", heard_text, interrupted))
@@ -39,7 +44,7 @@ class Conversation:
             messages = _with_user(messages, pending_user)
         out = [{"role": "system", "content": self.system_prompt}, *self.primer]
         for m in messages:
-            out.append({"role": m.role, "content": m.text})
+            out.append({"role": "system" if m.role == "tool" else m.role, "content": m.text})
             if m.interrupted:
                 # a separate note, not text in the agent's mouth: small models copy whatever they
                 # see in their own turns (measured: they repeated an inline "[interrupted…]" tag,
@@ -51,6 +56,6 @@ class Conversation:
 def _with_user(messages: list[Message], text: str) -> list[Message]:
     """`messages` plus the user's words; words that follow the user's own (no reply between, e.g.
     a reply cancelled before it spoke) join them, so the prompt holds one user turn."""
-    if messages and messages[-1].role == "user":
+    if messages and messages[-1].role == "user":  # (a tool note between them keeps them apart)
         return [*messages[:-1], Message("user", f"{messages[-1].text} {text}")]
     return [*messages, Message("user", text)]

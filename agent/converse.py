@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.api import Agent
 from agent.benches.stats import machine
 from agent.config import AgentConfig
+from agent.recorded_call import RecordedCall
 from agent.stack import load_stack
 from pipeline.audio import read_audio
 from pipeline.clock import RealClock, VirtualClock
@@ -34,6 +36,7 @@ async def converse(
     interrupt_after_s: float | None = None,
     echo_db: float | None = None,
     echo_delay_ms: float = 100.0,
+    agent: Agent | None = None,
 ) -> dict:
     """Run the conversation; return the metrics document (`{"turns": [...], "summary": {...}}`)."""
     turns: list[tuple[np.ndarray, int]] = []
@@ -57,8 +60,17 @@ async def converse(
         if echo is not None:
             echo.played(frame)
 
-    async with load_stack(config, progress) as stack:
-        session = stack.new_session(clock, sink=sink, on_event=_log_event)
+    events: list[dict] = []
+    call = RecordedCall()
+
+    def on_event(event: dict) -> None:
+        _log_event(event)
+        if event.get("type") == "tool":
+            events.append(event)
+
+    async with load_stack(config, progress, agent=agent) as stack:
+        session = stack.new_session(clock, sink=sink, on_event=on_event, call=call)
+        call.ended = session.hang_up
         mic = ScriptedMicrophone(
             clock, turns, session.idle, gap_s=gap_s, min_tail_s=config.vad.hangover_ms / 1000 + 0.3,
             interrupt_after_s=interrupt_after_s, speaking_since=session.turns.speaking_since, echo=echo,
@@ -89,6 +101,8 @@ async def converse(
     summary["user_speech_onsets"] = mic.speech_onsets
     summary["user_interrupting"] = mic.interrupting
     summary["history"] = history  # what the next LLM call sees: the user's words and what they heard
+    summary["call"] = call.as_dict()  # what the agent did to the call: hang-up, transfers, digits sent
+    summary["tool_events"] = events
     if echo is not None:
         summary["echo"] = {"db": echo_db, "delay_ms": echo_delay_ms}
     return {"turns": metrics, "summary": summary}

@@ -16,8 +16,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, cast
+from urllib.parse import urlsplit
 
 import openai
+
+try:  # the HTTP library the installed openai client is built on (httpx2 since openai 3)
+    from httpx2 import Limits
+except ImportError:  # pragma: no cover - older openai releases
+    from httpx import Limits  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
@@ -46,6 +52,19 @@ class LLMOptions:
     # server that caches prompts (llama.cpp, vLLM); billed endpoints pay for every read.
     # None: on for the embedded model only.
     prefill_while_listening: bool | None = None
+    # How the model chooses a tool (agent/decide.py): "grammar" constrains its output (llama.cpp
+    # GBNF), "native" uses the OpenAI `tools` API; "auto": grammar for the embedded model, native
+    # for an endpoint given with `url`
+    tool_mode: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.tool_mode not in ("auto", "grammar", "native"):
+            raise ValueError(f"tool_mode must be auto, grammar or native, got {self.tool_mode!r}")
+
+    def resolved_tool_mode(self) -> str:
+        if self.tool_mode != "auto":
+            return self.tool_mode
+        return "native" if self.base_url else "grammar"
 
 
 class LLMError(RuntimeError):
@@ -155,11 +174,19 @@ class OpenAICompatibleLLM:
         url = self.endpoint.current_url().rstrip("/")
         if url != self._client_url or self._client is None:
             old = self._client
+            extra: dict[str, Any] = {}
+            if urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1"):
+                # llama.cpp's HTTP server closes an idle keep-alive connection just as the client
+                # reuses it ("Server disconnected without sending a response": 1 in ~6 requests
+                # after a stream, measured on the embedded server); on loopback a fresh connection
+                # costs ~0.1 ms, so none is kept
+                extra["http_client"] = openai.DefaultAsyncHttpxClient(limits=Limits(max_keepalive_connections=0))
             self._client = openai.AsyncOpenAI(
                 base_url=url,
                 api_key=self.options.api_key,
                 timeout=openai.Timeout(self.options.request_timeout, connect=self.options.connect_timeout),
                 max_retries=0,  # a retry costs more latency than a clear failure is worth mid-conversation
+                **extra,
             )
             self._client_url = url
             if old is not None:
@@ -182,18 +209,31 @@ class OpenAICompatibleLLM:
         except openai.OpenAIError as e:
             raise self._failed(url, e) from e
 
-    async def stream(self, messages: list[dict[str, Any]]) -> AsyncIterator[str]:
-        """Yield the reply's text deltas in order; raise LLMError on failure or a late first token."""
+    async def stream(
+        self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
+        grammar: str | None = None,
+    ) -> AsyncIterator[Any]:
+        """Yield the reply's text deltas in order; raise LLMError on failure or a late first token.
+
+        `tools` (OpenAI `tools` entries): the endpoint may answer with a call instead, yielded as one
+        `dict` {"name", "arguments" (a JSON string), "id"} after the stream ends. `grammar` (GBNF): a
+        llama.cpp server constrains the output to it (agent/decide.py builds one)."""
         opts = self.options
         t0 = time.monotonic()
         self.last_first_token_s = None
         response: openai.AsyncStream[Any] | None = None
+        calls: dict[int, dict[str, str]] = {}  # native tool calls, assembled from their deltas
         url, api = await self._api()
         try:
             try:
                 # The deadline covers connecting, the response headers and any empty role-only chunks.
                 # No `yield` inside it: the timeout would otherwise fire in the consumer's code.
                 async with asyncio.timeout(opts.first_token_timeout):
+                    extra: dict[str, Any] = {}
+                    if tools:
+                        extra["tools"] = tools
+                    if grammar:
+                        extra["extra_body"] = {"grammar": grammar}
                     response = await api.chat.completions.create(
                         model=opts.model,
                         # our plain dicts are message params; typed, stream=True picks the AsyncStream overload
@@ -201,9 +241,10 @@ class OpenAICompatibleLLM:
                         temperature=opts.temperature,
                         max_tokens=opts.max_tokens,
                         stream=True,
+                        **extra,
                     )
                     chunks = aiter(response)
-                    first = await _next_text(chunks)
+                    first = await _next_text(chunks, calls)
             except TimeoutError as e:
                 err = LLMError(
                     f"LLM endpoint {url} sent no token within {opts.first_token_timeout:g} s; "
@@ -211,12 +252,15 @@ class OpenAICompatibleLLM:
                 )
                 self.endpoint.request_failed(err)
                 raise err from e
-            if first is None:
-                return
-            self.last_first_token_s = time.monotonic() - t0
-            yield first
-            while (text := await _next_text(chunks)) is not None:
-                yield text
+            if first is not None:
+                self.last_first_token_s = time.monotonic() - t0
+                yield first
+                while (text := await _next_text(chunks, calls)) is not None:
+                    yield text
+            for call in calls.values():
+                if self.last_first_token_s is None:
+                    self.last_first_token_s = time.monotonic() - t0
+                yield call
         except openai.OpenAIError as e:  # transport errors mid-stream arrive wrapped as these too
             raise self._failed(url, e) from e
         finally:
@@ -262,9 +306,20 @@ class OpenAICompatibleLLM:
         await self.aclose()
 
 
-async def _next_text(chunks: AsyncIterator[Any]) -> str | None:
-    """The next non-empty content delta of a chat stream, or None at its end."""
+async def _next_text(chunks: AsyncIterator[Any], calls: dict[int, dict[str, str]]) -> str | None:
+    """The next non-empty content delta of a chat stream, or None at its end; tool-call deltas on
+    the way are gathered into `calls` (index → name, arguments, id)."""
     async for chunk in chunks:
-        if chunk.choices and (text := chunk.choices[0].delta.content):
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        for tc in getattr(delta, "tool_calls", None) or ():
+            call = calls.setdefault(tc.index or 0, {"name": "", "arguments": "", "id": ""})
+            if tc.id:
+                call["id"] = tc.id
+            if tc.function is not None:
+                call["name"] += tc.function.name or ""
+                call["arguments"] += tc.function.arguments or ""
+        if text := delta.content:
             return str(text)
     return None

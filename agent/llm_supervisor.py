@@ -212,6 +212,10 @@ class LLMSupervisor:
                     return _exit_reason(exited.result())
                 failures = 0 if error is None else failures + 1
                 if error is not None and failures >= self.options.failed_probes:
+                    if exited is not None:  # a refused connection often means it died: say so if it did
+                        await asyncio.wait([exited], timeout=self.options.recheck_s)
+                        if exited.done():
+                            return _exit_reason(exited.result())
                     return f"stopped answering ({error})"
         finally:
             if exited is not None and not exited.done():

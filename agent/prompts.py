@@ -7,6 +7,12 @@ that speech recognition got wrong.
 
 from __future__ import annotations
 
+SPEECH_STYLE = (
+    "Your reply is read aloud by a text-to-speech voice. Keep it to one to three short sentences of plain "
+    "spoken English. Never use markdown, lists, code, emoji or URLs. The caller's words come from speech "
+    "recognition and may be garbled; answer what they most likely meant."
+)
+
 SPEECH_SYSTEM_PROMPT = (
     "You are Rejoinder, a friendly voice assistant in a spoken conversation. The user speaks into a "
     "microphone; your reply is read aloud by a text-to-speech voice.\n"

@@ -26,9 +26,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from agent.context import Conversation
+from agent.decide import Mode, decide, digit_tools
 from agent.llm import LLMError
+from agent.tools import ToolBox, ToolCall, ToolError, ToolResult
 from pipeline.clock import Clock
 from pipeline.events import TurnMetrics
+from pipeline.stages import CallControl
 from tts.playout import Playout
 from tts.stream import StreamingTTS
 from tts.text import PhraseSplitter
@@ -36,6 +39,7 @@ from tts.text import PhraseSplitter
 log = logging.getLogger(__name__)
 
 APOLOGY = "Sorry, I can't think right now. Please try again in a moment."
+TOOL_APOLOGY = "Sorry, I couldn't do that just now."
 
 Prompt = Callable[[], Awaitable["list[dict] | None"]]
 """Makes the coroutine that yields the messages a reply answers, or None: nothing to answer after all.
@@ -73,6 +77,13 @@ class ReplyOwner(Protocol):
     @property
     def options(self) -> Phrasing: ...
 
+    @property
+    def tools(self) -> ToolBox: ...
+    @property
+    def tool_mode(self) -> Mode: ...
+    @property
+    def call(self) -> CallControl | None: ...
+
     def on_event(self, event: dict) -> None: ...
 
     def reply_audible(self, reply: Reply) -> None:
@@ -97,6 +108,7 @@ class Reply:
     ) -> None:
         self.owner, self.metrics, self.gate, self.committed, self.script = owner, metrics, gate, committed, script
         self.rid: str | None = None  # the TTS request id, once the reply has begun to speak
+        self.hang_up = False  # a tool asked to end the call once this reply has been played
         self.task: asyncio.Task[None] = asyncio.create_task(self._run(prompt), name=name)
 
     def done(self) -> bool:
@@ -134,6 +146,9 @@ class Reply:
         messages = [] if prompt is None else await prompt()
         if messages is not None:
             await self._reply_to(messages)
+            call = self.owner.call
+            if self.hang_up and call is not None and not self.metrics.interrupted:
+                await call.hang_up("end_call")  # the goodbye has been played out (drained) by now
 
     async def _reply_to(self, messages: list[dict]) -> None:
         """Thinking and speaking as children of one TaskGroup; then the turn's record: what was
@@ -173,12 +188,17 @@ class Reply:
         m.llm_request_at = o.clock.now()
         try:
             async with o.clock.working():
-                async for delta in (_said(self.script) if self.script is not None else o.llm.stream(messages)):
+                if self.script is not None:
+                    source: AsyncIterator[str | ToolCall] = _said(self.script)
+                else:
+                    source = decide(o.llm, messages, o.tools, o.tool_mode, only=digit_tools(o.tools, messages))
+                async for item in source:
                     if m.llm_first_token_at is None:
                         m.llm_first_token_at = o.clock.now()
-                    generated.append(delta)
-                    for p in splitter.push(delta):
-                        self._phrase(p, phrases)
+                    if isinstance(item, ToolCall):
+                        await self._use_tool(item, messages, splitter, phrases, generated)
+                        break
+                    self._say(item, splitter, phrases, generated)
             for p in splitter.flush():
                 self._phrase(p, phrases)
         except LLMError as exc:
@@ -186,8 +206,53 @@ class Reply:
             m.error = str(exc)
             generated[:] = [APOLOGY]
             self._phrase(APOLOGY, phrases)
+        except ToolError as exc:  # the model's call was malformed or named no tool (native endpoints)
+            log.warning("turn %d: %s", m.index, exc)
+            m.error = str(exc)
+            self._say(TOOL_APOLOGY, splitter, phrases, generated)
+            for p in splitter.flush():
+                self._phrase(p, phrases)
         finally:
             phrases.put_nowait(None)
+
+    def _say(self, text: str, splitter: PhraseSplitter, phrases: asyncio.Queue[str | None],
+             generated: list[str]) -> None:
+        generated.append(text)
+        for p in splitter.push(text):
+            self._phrase(p, phrases)
+
+    async def _use_tool(self, call: ToolCall, messages: list[dict], splitter: PhraseSplitter,
+                        phrases: asyncio.Queue[str | None], generated: list[str]) -> None:
+        """Say the tool's filler, run it inside this reply's scope (a barge-in cancels it: no late
+        result reaches a later turn), note the call and its result in the history, then answer from
+        the result (or say what the tool asked to say). A failure is a short spoken apology."""
+        o, m = self.owner, self.metrics
+        tool = o.tools.get(call.name)
+        assert tool is not None, call.name  # decide() only yields known tools
+        if tool.filler:
+            self._say(tool.filler + " ", splitter, phrases, generated)
+            for p in splitter.flush():  # the filler is heard while the tool runs
+                self._phrase(p, phrases)
+        o.on_event({"type": "tool", "state": "started", "name": call.name, "arguments": call.arguments,
+                     "turn": m.index})
+        result: ToolResult = await tool.run(call, o.call)
+        m.tools.append(result.as_dict())
+        o.on_event({"type": "tool", "state": "done", **result.as_dict(), "turn": m.index})
+        o.conversation.add_tool(result.for_model())
+        if not result.ok:
+            log.warning("turn %d: tool %s failed: %s", m.index, call.name, result.error)
+            self._say(TOOL_APOLOGY, splitter, phrases, generated)
+            return
+        if isinstance(result.result, dict) and result.result.get("hang_up"):
+            self.hang_up = True  # once this reply has been played (end_call, a transfer that went through)
+        said = result.result.get("say") if isinstance(result.result, dict) else None
+        if isinstance(said, str):  # the tool chose the words (a goodbye): no second LLM request
+            self._say(said, splitter, phrases, generated)
+            return
+        answer = [*messages, {"role": "system", "content": result.for_model() + " Now answer the caller in "
+                                                                         "one or two short spoken sentences."}]
+        async for delta in o.llm.stream(answer):
+            self._say(delta, splitter, phrases, generated)
 
     def _phrase(self, phrase: str, phrases: asyncio.Queue[str | None]) -> None:
         if self.metrics.first_phrase_at is None:

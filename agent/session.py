@@ -40,6 +40,11 @@ class Session:
         self.segmenter, self.turns, self.playout, self.clock = segmenter, turns, playout, clock
         self.echo = echo  # fed the played audio by the playout's sink (see AgentStack.new_session)
         self.bad_samples = 0
+        self.hung_up = False  # the agent ended the call (end_call): the input stops, no new turn starts
+
+    def hang_up(self) -> None:
+        """Stop reading the input (from inside the reply that said goodbye, once it was played)."""
+        self.hung_up = True
 
     async def run(self, frames: AsyncIterable[AudioFrame]) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -47,6 +52,8 @@ class Session:
             self.turns.greet()  # the agent speaks first, if configured
             try:
                 async for frame in frames:
+                    if self.hung_up:
+                        break
                     clean, bad = sanitize(frame.samples)
                     if bad:
                         self.bad_samples += bad
@@ -57,8 +64,9 @@ class Session:
                     for event in self.segmenter.process(frame):
                         await self.turns.handle(event)
                     self.turns.listen(frame.end, self.segmenter.utterance_audio)  # interim STT, backchannel timer
-                for event in self.segmenter.flush(self.clock.now()):
-                    await self.turns.handle(event)
+                if not self.hung_up:
+                    for event in self.segmenter.flush(self.clock.now()):
+                        await self.turns.handle(event)
                 await self.turns.wait_reply()
             finally:
                 await self.turns.aclose()

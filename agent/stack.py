@@ -11,18 +11,20 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from agent.api import Agent, with_greeting
 from agent.config import AgentConfig
 from agent.context import Conversation
+from agent.decide import Mode
 from agent.llm import LLMError, OpenAICompatibleLLM
 from agent.llm_server import EmbeddedLLMServer
 from agent.llm_supervisor import LLMSupervisor, SupervisorOptions
-from agent.prompts import PRIMER
+from agent.prompts import PRIMER, SPEECH_SYSTEM_PROMPT
 from agent.session import Session
 from agent.turns import TurnManager, TurnOptions
 from pipeline.clock import Clock
-from pipeline.stages import STTEngine, TTSEngine
+from pipeline.stages import CallControl, STTEngine, TTSEngine
 from stt.echo import EchoCanceller
 from stt.engines import load_stt
 from stt.transcriber import StreamingTranscriber
@@ -44,6 +46,12 @@ class AgentStack:
     cache: PhraseCache = field(default_factory=PhraseCache)
     load_times: dict[str, float] = field(default_factory=dict)
     llm_supervisor: LLMSupervisor | None = None  # None: an unwatched LLM, always reported up
+    agent: Agent | None = None  # what every session runs (`--agent FILE.py:NAME`); None: the plain assistant
+
+    def _default_agent(self) -> Agent:
+        """No --agent: the configured system prompt (`system_prompt` in the config), no tools."""
+        return Agent(instructions="", end_call=False) if self.config.system_prompt == SPEECH_SYSTEM_PROMPT \
+            else _PromptAgent(self.config.system_prompt)
 
     def health(self) -> dict[str, Any]:
         """What `/health` serves: ``ok`` is False while the LLM is not up (replies would only apologise).
@@ -57,7 +65,7 @@ class AgentStack:
 
     def new_session(
         self, clock: Clock, sink: Sink, output_rate: int = 24_000, on_event: Callable[[dict], None] | None = None,
-        turn_options: TurnOptions | None = None,
+        turn_options: TurnOptions | None = None, call: CallControl | None = None, agent: Agent | None = None,
     ) -> Session:
         """One conversation's stages, wired: echo → VAD → transcriber → turn manager → TTS → playout → `sink`."""
         echo = EchoCanceller(self.config.echo) if self.config.echo_cancel else None
@@ -69,12 +77,14 @@ class AgentStack:
 
         playout = Playout(clock, sink_and_reference, sample_rate=output_rate)
         tts = StreamingTTS(self.tts_engine, self.cache, chunk_ms=self.config.tts.chunk_ms, working=clock.working)
-        options = turn_options or self.config.turns
+        agent = agent or self.agent or self._default_agent()
+        options = with_greeting(turn_options or self.config.turns, agent)
+        mode = cast(Mode, self.config.llm.resolved_tool_mode())
         # interim passes while the user speaks, a speculative final at the pause when replies may start there
         transcriber = StreamingTranscriber(self.stt, clock, options.transcriber_options(self.config.transcriber))
         turns = TurnManager(
-            transcriber, self.llm, tts, playout, clock, Conversation(self.config.system_prompt, PRIMER),
-            options=options, on_event=on_event,
+            transcriber, self.llm, tts, playout, clock, Conversation(agent.system_prompt(mode), PRIMER),
+            options=options, on_event=on_event, tools=agent.box, tool_mode=mode, call=call,
         )
         segmenter = VADSegmenter(self.config.vad, SileroVAD())
         return Session(segmenter, turns, playout, clock, echo)
@@ -83,7 +93,7 @@ class AgentStack:
 @contextlib.asynccontextmanager
 async def load_stack(
     config: AgentConfig, progress: Callable[[str], None] = lambda s: None,
-    supervisor_options: SupervisorOptions | None = None,
+    supervisor_options: SupervisorOptions | None = None, agent: Agent | None = None,
 ):
     """Load models and reach (or start) the LLM. Fails fast with a clear message on any of them.
 
@@ -99,7 +109,8 @@ async def load_stack(
             server = EmbeddedLLMServer(
                 n_threads=config.embedded_llm.threads, n_parallel=config.embedded_llm.slots,
                 n_ctx=config.embedded_llm.n_ctx * config.embedded_llm.slots,  # llama.cpp splits it over the slots
-                warm_system_prompt=config.system_prompt, warm_primer=PRIMER,
+                warm_system_prompt=agent.system_prompt("grammar") if agent else config.system_prompt,
+                warm_primer=PRIMER,
             )
             supervisor = LLMSupervisor(server=server, options=supervisor_options or config.supervisor)
         stack.push_async_callback(supervisor.aclose)
@@ -120,7 +131,7 @@ async def load_stack(
         await llm.check()
         times["llm_s"] = time.perf_counter() - t
         progress("ready.")
-        yield AgentStack(config, stt, tts, llm, load_times=times, llm_supervisor=supervisor)
+        yield AgentStack(config, stt, tts, llm, load_times=times, llm_supervisor=supervisor, agent=agent)
 
 
 async def _cancel(task: asyncio.Task) -> None:
@@ -130,3 +141,14 @@ async def _cancel(task: asyncio.Task) -> None:
 
 
 __all__ = ["AgentStack", "load_stack", "LLMError"]
+
+
+class _PromptAgent(Agent):
+    """The config file's own `system_prompt`, used verbatim (no tools)."""
+
+    def __init__(self, prompt: str) -> None:
+        super().__init__(instructions="", end_call=False)
+        self._prompt = prompt
+
+    def system_prompt(self, mode: Mode) -> str:
+        return self._prompt

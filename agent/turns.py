@@ -27,10 +27,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.context import Conversation
+from agent.decide import Mode
 from agent.preempt import PreemptGate
 from agent.reply import APOLOGY, LLM, Reply
+from agent.tools import ToolBox
 from pipeline.clock import Clock
 from pipeline.events import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted, Transcript, TurnMetrics, VADEvent
+from pipeline.stages import CallControl
 from pipeline.tasks import TaskSet
 from stt.transcriber import AudioSource, StreamingTranscriber, TranscriberOptions
 from tts.playout import Playout
@@ -130,8 +133,14 @@ class TurnManager:
         conversation: Conversation,
         options: TurnOptions | None = None,
         on_event: Callable[[dict], None] | None = None,
+        tools: ToolBox | None = None,
+        tool_mode: Mode = "grammar",
+        call: CallControl | None = None,
     ) -> None:
         self.llm, self.tts, self.playout, self.clock = llm, tts, playout, clock
+        # what a reply may do besides talking (agent/tools.py), how the LLM is asked to choose
+        # (agent/decide.py), and the call it acts on (set by the edge; None: a call with no controls)
+        self.tools, self.tool_mode, self.call = tools or ToolBox(), tool_mode, call
         self.options = options or TurnOptions()
         # interim transcripts while the user speaks, and (preemptive) a final started speculatively
         # at the first silence; the manager shows the interims and prefills the LLM with them

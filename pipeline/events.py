@@ -79,6 +79,7 @@ class TurnMetrics:
     agent_stopped_at: float | None = None
     barge_in_at: float | None = None  # onset of the user speech that interrupted this reply
     tts: dict = field(default_factory=dict)
+    tools: list[dict] = field(default_factory=list)  # tool calls of this reply: name, arguments, ok, result
 
     def timings_ms(self) -> dict[str, float | None]:
         def d(a: float | None, b: float | None) -> float | None:
@@ -114,4 +115,5 @@ class TurnMetrics:
                 "barge_in": self.barge_in_at,
             },
             "tts": self.tts,
+            "tools": self.tools,
         }

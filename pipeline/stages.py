@@ -38,6 +38,26 @@ class LLM(Protocol):
     def stream(self, messages: list[dict]) -> AsyncIterator[str]: ...
 
 
+class CallControl(Protocol):
+    """What a tool can do to the call, whichever edge carries it. Each edge implements what it can:
+    the browser ends the WebRTC call and shows a transfer or the digits on the page; a phone edge
+    sends BYE, REFER and RFC 4733 events. `say` speaks through the current reply."""
+
+    async def hang_up(self, reason: str = "") -> None:
+        """End the call; called from inside the reply that said goodbye, once it has been played, so
+        an edge must not wait here for the session to stop (it would wait for itself): it starts the
+        teardown and returns."""
+        ...
+
+    async def transfer(self, target: str) -> bool:
+        """Hand the caller to `target` (a number, a SIP URI, a queue name); False if refused."""
+        ...
+
+    async def send_dtmf(self, digits: str) -> None:
+        """Send telephone keypad digits (0-9, *, #, A-D) to the far end."""
+        ...
+
+
 @dataclass(frozen=True)
 class VoiceOptions:
     """What a user expects to tune: speaking rate (1.0 = the voice's natural speed) and volume."""

@@ -103,7 +103,7 @@ class FakeSTT:
 class FakeLLM:
     """Streams a scripted reply word by word, `token_s` apart on the clock; can fail mid-stream."""
 
-    def __init__(self, clock: Clock, replies: list[str], token_s: float = 0.03, fail_after: int | None = None,
+    def __init__(self, clock: Clock, replies: list[Any], token_s: float = 0.03, fail_after: int | None = None,
                  ttft_s: float = 0.1) -> None:
         self.clock, self.replies, self.token_s = clock, list(replies), token_s
         self.fail_after, self.ttft_s = fail_after, ttft_s
@@ -111,15 +111,24 @@ class FakeLLM:
         self.closed = 0
         self.prefilled: list[list[dict]] = []  # prompts read ahead by prefill()
         self.prefill_s = 0.05
+        self.options: list[dict] = []  # each request's keyword arguments (grammar=, tools=)
 
     async def prefill(self, messages: list[dict]) -> bool:
         self.prefilled.append(messages)
         await self.clock.sleep_until(self.clock.now() + self.prefill_s)
         return True
 
-    async def stream(self, messages: list[dict]):
+    async def stream(self, messages: list[dict], **kw):
+        """`kw`: what a tool-using reply adds (`grammar=` GBNF text, `tools=` OpenAI specs), recorded in
+        `options`; a reply that is a dict {"name", "arguments"} is a native tool call."""
         self.requests.append(messages)
+        self.options.append(kw)
         reply = self.replies.pop(0) if self.replies else "Okay."
+        if isinstance(reply, dict):
+            await self.clock.sleep_until(self.clock.now() + self.ttft_s)
+            self.closed += 1
+            yield {"name": reply["name"], "arguments": json.dumps(reply.get("arguments", {})), "id": "call-1"}
+            return
         try:
             await self.clock.sleep_until(self.clock.now() + self.ttft_s)
             for i, word in enumerate(reply.split(" ")):
@@ -381,10 +390,11 @@ class Rig:
     """One scripted conversation: the real turn manager, `StreamingTTS`, playout and conversation
     context on a `VirtualClock`, with `FakeSTT(texts)`, `FakeLLM(clock, replies, **llm_kw)` (or the
     given `llm`, e.g. a real client) and `FakeTTSEngine`; the playout plays into a `RecordingSink`.
-    `async with Rig(...) as rig:` runs the playout and closes the turn manager at the end."""
+    `async with Rig(...) as rig:` runs the playout and closes the turn manager at the end. `tools` (a
+    `ToolBox`), `tool_mode` and `call` (e.g. `agent.recorded_call.RecordedCall`) go to the turn manager."""
 
-    def __init__(self, texts: list[str], replies: list[str], options: TurnOptions | None = None, *, llm=None,
-                 **llm_kw) -> None:
+    def __init__(self, texts: list[str], replies: list[Any], options: TurnOptions | None = None, *, llm=None,
+                 tools=None, tool_mode: str = "grammar", call=None, **llm_kw) -> None:
         from agent.context import Conversation
         from agent.turns import TurnManager, TurnOptions
         from pipeline.clock import VirtualClock
@@ -402,7 +412,8 @@ class Rig:
         self.events: list[dict] = []
         transcriber = StreamingTranscriber(self.stt, self.clock, (options or TurnOptions()).transcriber_options())
         self.turns = TurnManager(transcriber, self.llm, self.tts, self.playout, self.clock,
-                                 Conversation("be brief"), options=options, on_event=self.events.append)
+                                 Conversation("be brief"), options=options, on_event=self.events.append,
+                                 tools=tools, tool_mode=tool_mode, call=call)  # type: ignore[arg-type]
 
     async def __aenter__(self) -> Rig:
         self._playout_task = asyncio.create_task(self.playout.run())

@@ -72,7 +72,7 @@ def _other(name: str, value, hint):
     import types
     import typing
 
-    special = {"stt.backend": "whisper", "tts.backend": "piper"}  # must name a registered engine
+    special = {"stt.backend": "whisper", "tts.backend": "piper", "llm.tool_mode": "native"}  # one of a few names
     if name in special:
         return special[name]
     kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)

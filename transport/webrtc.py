@@ -27,6 +27,7 @@ from pipeline.audio import AudioFrame
 from pipeline.clock import Clock, RealClock
 from pipeline.mic_timeline import MicTimeline
 from pipeline.tasks import TaskSet
+from transport.browser_call import BrowserCall
 from transport.guard import BadJSON, loads_bounded
 from transport.pacing import FramePacer
 
@@ -224,7 +225,7 @@ class StackLike(Protocol):
     """What a peer needs from the agent: `agent.stack.AgentStack` (or a fake in tests)."""
 
     def new_session(self, clock: Clock, sink: Callable[[AudioFrame], Any], output_rate: int = ...,
-                    on_event: Callable[[dict], None] | None = ...) -> SessionLike: ...
+                    on_event: Callable[[dict], None] | None = ..., call: Any = ...) -> SessionLike: ...
 
 
 class PeerSession:
@@ -253,6 +254,7 @@ class PeerSession:
         self.dropped_messages = 0  # data channel messages that were not a usable event
         self._tasks = TaskSet(prefix=name)  # every task this peer starts; close() cancels them
         self._session_task: asyncio.Task | None = None
+        self.call: BrowserCall | None = None  # what the agent's call-control tools act on
         self._closing = False
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("track", self._on_track)
@@ -360,8 +362,9 @@ class PeerSession:
         self._session_task = self._tasks.spawn(self._run_session(track), "session")
 
     async def _run_session(self, track: MediaStreamTrack) -> None:
+        self.call = BrowserCall(self.send, lambda: self._tasks.spawn(self.close(), "close"))
         session = self.stack.new_session(self.clock, lambda frame: None, output_rate=OUT_RATE,
-                                         on_event=self._on_agent_event)
+                                         on_event=self._on_agent_event, call=self.call)
         session.playout.paced_by_consumer = True  # this track's recv() paces and pulls
         self.out_track.attach(session.playout.pull)
         heard = self._tasks.spawn(self._heard_text_loop(session), "heard")

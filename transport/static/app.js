@@ -300,6 +300,21 @@ function onEvent(e) {
     case "connected":
       rj.serverConnectMs = e.connect_ms;
       break;
+    case "tool":  // the agent used a tool: shown as a line of its own
+      if (e.state === "done") {
+        const args = Object.entries(e.arguments || {}).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(", ");
+        bubble("tool", `${e.name}(${args}) → ${e.ok ? JSON.stringify(e.result) : "failed: " + e.error}`, false);
+      }
+      break;
+    case "transfer":
+      notice(`The agent transferred the call to ${e.target}.`);
+      break;
+    case "dtmf":
+      notice(`The agent pressed keys: ${e.digits}`);
+      break;
+    case "hangup":
+      notice(`The agent ended the call${e.reason ? " (" + e.reason + ")" : ""}.`);
+      break;
     case "error":
     case "closing":
       notice(e.message || e.reason);
