@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agent.spoken import normalize_numbers_in_transcript
+
 INTERRUPTED_NOTE = "The user interrupted you: they heard only the words above, not the rest of your reply."
 INTERRUPTED_EARLY = "The user interrupted you before they heard anything of your reply."
 
@@ -17,7 +19,9 @@ class Message:
 
 @dataclass
 class Conversation:
-    """History sent to the LLM. An interrupted agent turn is cut to the heard words and marked, so the
+    """History sent to the LLM. The user's words go in with spoken digit runs written as digits
+    ("four seven one two" → "4712", agent/spoken.py): small models copy figures far better. An
+    interrupted agent turn is cut to the heard words and marked, so the
     model knows the user did not hear the rest and that they cut in."""
 
     system_prompt: str
@@ -26,7 +30,7 @@ class Conversation:
     messages: list[Message] = field(default_factory=list)
 
     def add_user(self, text: str) -> None:
-        self.messages = _with_user(self.messages, text)
+        self.messages = _with_user(self.messages, normalize_numbers_in_transcript(text))
 
     def add_tool(self, note: str) -> None:
         """A tool call and its result (`ToolResult.for_model`), in order between the user's words and
@@ -41,7 +45,7 @@ class Conversation:
         """The prompt; with `pending_user`, as if those words had been added (a speculative reply)."""
         messages = self.messages[-self.max_messages :]
         if pending_user:
-            messages = _with_user(messages, pending_user)
+            messages = _with_user(messages, normalize_numbers_in_transcript(pending_user))
         out = [{"role": "system", "content": self.system_prompt}, *self.primer]
         for m in messages:
             out.append({"role": "system" if m.role == "tool" else m.role, "content": m.text})

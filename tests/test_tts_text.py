@@ -25,6 +25,11 @@ def chars(text: str) -> list[str]:
     return list(text)
 
 
+def spoken(text: str) -> list[str]:
+    """The words of normalized text that say something (not a pause like "—")."""
+    return [w for w in text.split() if any(c.isalnum() for c in w)]
+
+
 # --- normalize_for_speech ---------------------------------------------------------------------
 
 
@@ -63,6 +68,7 @@ def chars(text: str) -> list[str]:
         ("At 10:30, 10:05, 9:00 or 10:00am.", "At 10 30, 10 oh 5, 9 o'clock or 10 am."),
         ("Pi is 3.14, about 1,000 or ~5 km.", "Pi is 3.14, about 1,000 or about 5 km."),
         ("2020–2021 -- wow — yes - no", "2020 to 2021 — wow — yes — no"),
+        ("Open 09:30 to 09:05.", "Open 9 30 to 9 oh 5."),
         ("Well... I think so… ok", "Well, I think so, ok"),
         ("a -> b → c", "a to b to c"),
         # what must survive untouched
@@ -91,6 +97,96 @@ def test_overlong_tokens_are_bounded() -> None:
     assert normalize_for_speech(f"Open {url} now.") == "Open a link now."
     word = "x" * (2 * MAX_TOKEN_CHARS + 10)
     assert normalize_for_speech(word) == " ".join(["x" * MAX_TOKEN_CHARS] * 2 + ["x" * 10])
+
+
+# --- numbers that are not quantities (tts/numbers.py) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # a number that opens a phrase, or a line, is spoken unless it is a list's marker
+        ("144.", "144."),
+        ("144. That is the answer.", "144. That is the answer."),
+        ("5) then stir", "5) then stir"),
+        ("12 multiplied by 12 equals\n144.", "12 multiplied by 12 equals. 144."),
+        ("Steps:\n2. Mix\n3) Bake", "Steps: Mix. Bake"),  # after a line break, followed by words
+        ("1. Preheat the oven\n2. Mix", "Preheat the oven. Mix"),  # "1." opening the text: a list
+        ("1. 2. Go", "2. Go"),  # only "1." opens a list on the first line
+        ("1.\n1. 3", "3"),  # markers in a row are one marker
+        ("Total:\n12.", "Total: 12."),  # nothing follows: a number
+        ("Total:\n144. That is it.", "Total: 144. That is it."),  # three digits: never a marker
+    ],
+)
+def test_numbers_at_line_and_phrase_starts(text: str, expected: str) -> None:
+    assert normalize_for_speech(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("It takes 2-3 minutes.", "It takes 2 to 3 minutes."),
+        ("2-3", "2 to 3"),
+        ("2–3 days, 1.5-2.5 km, 5-10% off", "2 to 3 days, 1.5 to 2.5 km, 5 to 10 percent off"),
+        ("5,000-10,000 people, ages 18-25, 100-1000 units", "5,000 to 10,000 people, ages 18 to 25, 100 to 1000 units"),
+        ("From 10:30-11:30 for $5-10.", "From 10 30 to 11 30 for 5 dollars to 10."),
+        ("a 2-3-year-old", "a 2 to 3-year-old"),
+        ("The score was 5-3.", "The score was 5 to 3."),
+        # not ranges: phone numbers read digit by digit in groups, ISO dates in words, names as they are
+        ("Call 555-1234 or 1-800-555-1234.", "Call 5 5 5, 1 2 3 4 or 1, 8 0 0, 5 5 5, 1 2 3 4."),
+        ("Or 555.123.4567, not 123.4567.", "Or 5 5 5, 1 2 3, 4 5 6 7, not 123.4567."),
+        ("On 2024-05-01 or 2026-12-22 (2024-03).", "On May 1st, 2024 or December 22nd, 2026 (March 2024)."),
+        ("2024-13-45 and 05-10", "2024-13-45 and 05-10"),
+        ("COVID-19, A-1, N95-100", "COVID-19, A-1, N95-100"),
+    ],
+)
+def test_ranges_phones_and_dates(text: str, expected: str) -> None:
+    assert normalize_for_speech(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # ids: 5+ digits, a leading zero, or 3+ digits after an id word
+        ("Your order 88231 shipped.", "Your order 8 8 2 3 1 shipped."),
+        ("Ticket #4712.", "Ticket number 4 7 1 2."),
+        ("The code is 0042, and 007.", "The code is 0 0 4 2, and 0 0 7."),
+        ("code 0042", "code 0 0 4 2"),
+        ("Order no. 4712 and ID 905", "Order no. 4 7 1 2 and ID 9 0 5"),
+        ("Your confirmation: 4712 (room 1204).", "Your confirmation: 4 7 1 2 (room 1 2 0 4)."),
+        ("PIN 1234, account 99, flight 370", "PIN 1 2 3 4, account 99, flight 3 7 0"),
+        ("Reference 12345678901234567890.", "Reference 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0."),
+        ("**Order**: 4712", "Order: 4 7 1 2"),
+        # quantities stay numbers
+        ("It was 4712 in 2024 at 10:30.", "It was 4712 in 2024 at 10 30."),
+        ("12 apples, 144 pears, 10000 steps, 250000 people", "12 apples, 144 pears, 10000 steps, 250000 people"),
+        ("$12345 or 12345€ or $1,299", "12,345 dollars or 12,345 euros or 1,299 dollars"),
+        ("Pi is 3.14159, about 1,000,000.", "Pi is 3.14159, about 1,000,000."),
+        ("I placed the order. 4712 people came.", "I placed the order. 4712 people came."),
+        ("room 12, number 7", "room 12, number 7"),
+        ("1" * 30, "1" * 30),  # not an id: noise, as it is
+    ],
+)
+def test_ids_are_read_digit_by_digit(text: str, expected: str) -> None:
+    assert normalize_for_speech(text) == expected
+
+
+def test_ids_streamed_in_deltas() -> None:
+    text = "Sure thing, your order number 4712 ships today."
+    assert split(text, chars(text), first_max_words=5) == ["Sure thing, your order number", "4 7 1 2 ships today."]
+    text = "Okay, order 88231, ticket 0042."
+    assert split(text, chars(text), first_min_words=1) == ["Okay,", "order 8 8 2 3 1, ticket 0 0 4 2."]
+    # the digits of an id are one word of the splitter: a cut never falls inside them
+    assert split("a b c d e order 88231 yes") == ["a b c d e order 8 8 2 3 1", "yes"]
+    assert split("one two three four five six 555-1234 ok") == ["one two three four five six 5 5 5, 1 2 3 4", "ok"]
+
+
+def test_phrase_cut_before_a_number_keeps_it() -> None:
+    """The bug heard in a call: "12 multiplied by 12 equals" | "144." and the second phrase, normalized
+    again by the TTS stream, came out empty."""
+    phrases = split("12 multiplied by 12 equals 144. Anything else?", first_max_words=5)
+    assert phrases == ["12 multiplied by 12 equals", "144.", "Anything else?"]
+    assert [normalize_for_speech(p) for p in phrases] == phrases
 
 
 # --- PhraseSplitter ---------------------------------------------------------------------------
@@ -217,6 +313,8 @@ SNIPPETS = [
     "Dr.", "e.g.", "U.S.", "3.5", "10:30", "1,000", "$3.50", "50%", "...", " ", "\n", "\n- ", "\n1. ",
     "https://x.com/a_b", "www.a.io", "[link text](http://u.v/w)", '<break time="1s"/>', "<speak>",
     "</speak>", "**", "```py", "&amp;", "&lt;", "<!--", "-->", "word", "Hello", "x" * 120,
+    "144.", "1. ", "\n2) ", "12)", "order ", "#", "no. ", "4712", "0042", "88231", "555-1234", "2-3",
+    "2024-05-01", "1-800-555-1234", "$12345", " 7",
 ]
 texts = st.lists(st.one_of(st.text(ALPHABET, max_size=12), st.sampled_from(SNIPPETS)), max_size=25).map("".join)
 options = st.fixed_dictionaries(
@@ -247,4 +345,7 @@ def test_streamed_phrases_join_to_normalized_text(text: str, opts: dict[str, int
     phrases = split(text, deltas, **opts)
     assert all(p and p == p.strip() for p in phrases)
     assert " ".join(phrases) == normalize_for_speech(text)
+    # The TTS stream normalizes each phrase again (tts/stream.py): no word of it may be lost then. (A
+    # leading "—" may go: it is a pause at a line start; so may a phrase of punctuation alone.)
+    assert [spoken(normalize_for_speech(p)) for p in phrases] == [spoken(p) for p in phrases]
     assert phrases == split(text, chars(text), **opts) == split(text, **opts)

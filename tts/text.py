@@ -4,10 +4,13 @@ A voice reads whatever it is given, so markup, emoji, URLs and symbols go before
 phrases are cut while the LLM streams, so the first audio starts after a few words, not a reply.
 
 Normalization works token by token (a token is a run of non-whitespace); the only state carried
-between tokens is small: line starts (list markers), an open SSML/HTML tag, and the last word (held
-until we know whether its line ends). `normalize_for_speech` and `PhraseSplitter` drive the same
-word stream, so a streamed reply's phrases always join to the normalization of the whole reply,
-however the deltas split it, and the splitter's cuts can never fall inside a number or a word.
+between tokens is small: line starts (list markers), a numbered marker held until a word follows it,
+an open SSML/HTML tag, the last word (held until we know whether its line ends) and the word before
+it ("order" makes "4712" an id, read digit by digit: `tts/numbers.py`). `normalize_for_speech` and
+`PhraseSplitter` drive the same word stream, so a streamed reply's phrases always join to the
+normalization of the whole reply, however the deltas split it, and the splitter's cuts can never
+fall inside a number or a word (an id's digits are one word). A phrase is one line of text and
+never starts with a list marker, so normalizing a phrase again (the TTS stream does) keeps its words.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Sequence
+
+from tts.numbers import RANGE, range_to, read_number
 
 MAX_TOKEN_CHARS = 100
 """Longer runs without whitespace are spoken in pieces (URLs: "a link"), which bounds memory."""
@@ -40,7 +45,11 @@ _OPEN_TAG = re.compile(
     re.IGNORECASE,
 )
 _OPEN_TAG_MAX_TOKENS = 8  # an unclosed tag gives up after this many tokens
-_MARKER = re.compile(r"[-*+•>#—–_=]+|\d{1,3}[.)]")  # list bullets, headings, rules at a line start
+_BULLET = re.compile(r"[-*+•>#—–_=]+")  # list bullets, headings, rules at a line start
+# "2." or "12)" at a line start is a list's number only when a word follows it, and only on a line
+# after a line break, or "1." opening the text: a phrase cut mid-line ("144.", "5) then") is always
+# a single line, so its first number is never taken for a marker when a phrase is normalized again.
+_NUMBERED = re.compile(r"\d{1,2}[.)]")
 _TIME = re.compile(r"(?<![\d:.,])(\d{1,2}):(\d\d)(?![\d:])")
 _MONEY = re.compile(r"([$€£¥₹])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(k|K|m|M|mn|bn|b|B)?(?![^\W_])")
 _MONEY_AFTER = re.compile(r"(?<![\d.,])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?([$€£¥₹])")
@@ -84,6 +93,8 @@ _INITIALS = re.compile(r"(?:[A-Za-z]\.){2,}|[B-HJ-Z]\.")  # "e.g.", "U.S.", "a.m
 
 def _money(m: re.Match[str]) -> str:
     sym, whole, frac, scale = m.group(1), m.group(2), m.group(3) or "", m.group(4)
+    if len(whole) >= 5 and "," not in whole:  # "$12345": an amount, not an id to read digit by digit
+        whole = f"{int(whole):,}"
     one, many, cent, cents = _CURRENCY[sym]
     if scale:
         return f"{whole}{frac} {_SCALE[scale.lower()]} {many}"
@@ -101,7 +112,7 @@ def _money_after(m: re.Match[str]) -> str:
 
 
 def _time(m: re.Match[str]) -> str:
-    hours, minutes = m.group(1), m.group(2)
+    hours, minutes = m.group(1).lstrip("0") or "0", m.group(2)  # "09:30" is "9 30", not "oh 9 30"
     glued = m.string[m.end() : m.end() + 1].isalpha()  # "10:30am"
     if minutes == "00":
         spoken = hours if glued else f"{hours} o'clock"
@@ -128,6 +139,7 @@ def _clean_once(t: str) -> str:
     t = re.sub(r"`{3,}[\w+#.-]*|[`*]|~~", "", t)  # code fences (with their language), emphasis
     t = re.sub(r"(?<=[^\W_])_+(?=[^\W_])", " ", t)  # snake_case → two words
     t = t.replace("_", "")
+    t = RANGE.sub(range_to, t)  # "2-3 minutes", "$5-10"; not "555-1234" or "2024-05-01" (tts/numbers.py)
     t = _MONEY_AFTER.sub(_money_after, t)
     t = _MONEY.sub(_money, t)
     t = _TIME.sub(_time, t)
@@ -168,12 +180,15 @@ class _WordStream:
         self._tail = ""  # the token still being received
         self._skip = False  # inside an overlong URL: drop the rest of the token
         self._line_start = True
+        self._broken = False  # a line break has been seen: any "N." may start a line of a list
+        self._numbered: str | None = None  # "2." at a line start: a marker if a word follows, else a number
         self._tag_tokens = 0  # > 0 while inside a tag whose attributes span tokens
         self._pending: str | None = None
+        self._last = ""  # the word before, in its final form: "order" makes "4712" an id
 
     @property
     def buffered_chars(self) -> int:
-        return len(self._tail) + len(self._pending or "")
+        return len(self._tail) + len(self._pending or "") + len(self._numbered or "")
 
     def feed(self, text: str) -> list[str | None]:
         out: list[str | None] = []
@@ -193,6 +208,8 @@ class _WordStream:
         out: list[str | None] = []
         if self._tail:
             self._token(self._tail, out)
+        if self._numbered is not None:  # no word followed it: "144." is a number
+            self._emit(self._numbered, out)
         if self._pending is not None:
             out.append(self._pending)
         self._reset()  # ready for the next text
@@ -222,19 +239,28 @@ class _WordStream:
             self._tag_tokens, raw = 0, raw[end + 1 :]
         if tag := _OPEN_TAG.search(raw):
             self._tag_tokens, raw = _OPEN_TAG_MAX_TOKENS, raw[: tag.start()]
-        if self._line_start and _MARKER.fullmatch(raw):
+        if self._line_start and _BULLET.fullmatch(raw):
             return
         for word in _clean(raw):
-            if self._line_start and _MARKER.fullmatch(word):
+            if self._line_start and _BULLET.fullmatch(word):
                 continue
-            self._line_start = False
-            if self._pending is not None:
-                out.append(self._pending)
-            self._pending = None
-            if word[-1] in _ENDS:
-                out.append(word)
-            else:
-                self._pending = word
+            if self._line_start and _NUMBERED.fullmatch(word) and (self._broken or word == "1."):
+                # Still at the line start: markers in a row are one ("1. 1. 0" → "0"); were the second
+                # "1." a number, it would open the output and be taken for a marker the next time.
+                self._numbered = word
+                continue
+            self._line_start, self._numbered = False, None  # a word follows: the held "2." was a marker
+            self._emit(word, out)
+
+    def _emit(self, word: str, out: list[str | None]) -> None:
+        word = read_number(word, self._last)
+        if self._pending is not None:
+            out.append(self._pending)
+        self._pending, self._last = None, word
+        if word[-1] in _ENDS:
+            out.append(word)
+        else:
+            self._pending = word
 
     def _newline(self, out: list[str | None]) -> None:
         word = self._pending
@@ -242,16 +268,17 @@ class _WordStream:
             # A heading or list item that ends without punctuation still ends a sentence.
             stopped = word + "."
             if any(c.isalpha() for c in word) and _clean(stopped) == [stopped]:
-                word = stopped
+                word = self._last = stopped
             out.append(word)
-        self._pending, self._line_start = None, True
+        self._pending, self._line_start, self._broken = None, True, True
         out.append(None)
 
 
 def normalize_for_speech(text: str) -> str:
     """Plain, speakable English from LLM output: no markup, emoji, URLs or control characters;
-    currency, symbols and clock times spelled so the phonemizer reads them right; one space between
-    words; sentence punctuation kept because it drives prosody. Idempotent."""
+    currency, symbols, clock times, ranges, dates, ids and phone numbers spelled so the phonemizer
+    reads them right; one space between words; sentence punctuation kept because it drives prosody.
+    Idempotent."""
     stream = _WordStream()
     words = [w for w in stream.feed(text) if w is not None]
     return " ".join(words + stream.finish())
