@@ -14,6 +14,16 @@ from agent.tools import Call, Tool
 
 GOODBYE = "Thank you for calling. Goodbye!"
 
+# What callers say when they want a person, or are done (IVR phrasing, not fitted to a test set). The
+# 0.5B model called transfer_to_human for "hello" and end_call for "can you hear me" when both were
+# always offered (tools-bench); offered only after such words, it still decides, but cannot jump.
+TRANSFER_CUES = ("human", "person", "agent", "operator", "representative", "someone", "somebody", "real ",
+                 "staff", "manager", "supervisor", "colleague", "speak to", "talk to", "put me through",
+                 "transfer", "customer service")
+GOODBYE_CUES = ("bye", "that's all", "that is all", "that's it", "that's everything", "nothing else",
+                "no more questions", "have a nice day", "have a good day", "hang up", "we're done",
+                "i'm done", "all set")
+
 
 async def end_call(call: Call) -> dict[str, Any]:
     """End the call when the caller says goodbye, or has nothing more to ask."""
@@ -34,7 +44,7 @@ def transfer_to(target: str, *, name: str = "transfer_to_human",
         return {"transferred": False, "reason": "nobody could take the call"}
 
     transfer.__doc__ = description
-    return Tool.from_function(transfer, name=name, filler=None)
+    return Tool.from_function(transfer, name=name, filler=None, cues=TRANSFER_CUES)
 
 
 async def send_dtmf(digits: str, call: Call) -> dict[str, Any]:
@@ -51,5 +61,5 @@ async def send_dtmf(digits: str, call: Call) -> dict[str, Any]:
     return {"sent": keys}
 
 
-END_CALL = Tool.from_function(end_call, filler=None)
+END_CALL = Tool.from_function(end_call, filler=None, cues=GOODBYE_CUES)
 SEND_DTMF = Tool.from_function(send_dtmf, filler=None)

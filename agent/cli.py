@@ -414,16 +414,18 @@ def soak_bench(ctx, calls, warmup, json_path, **models) -> None:
 @click.option("--modes", default="grammar,grammar-noguard", show_default=True,
               help="Decision modes side by side: grammar, native (the OpenAI tools API), and either with "
                    "-noguard (a tool that needs digits is offered even when the caller said none).")
+@click.option("--set", "which", type=click.Choice(["dev", "heldout"]), default="dev", show_default=True,
+              help="dev: the requests the guard was designed on; heldout: written after, never tuned on.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report.")
 @model_options
 @click.pass_context
-def tools_bench(ctx, modes, json_path, **models) -> None:
+def tools_bench(ctx, modes, which, json_path, **models) -> None:
     """Benchmark tool decisions: the right action and arguments on caller requests, per mode."""
     from agent.benches.tools import main as run_tools
     from agent.benches.tools import summary_lines
 
     cfg = _config(ctx, **_overrides(**models))
-    doc = _run(run_tools(cfg, [m.strip() for m in modes.split(",") if m.strip()], progress=_progress))
+    doc = _run(run_tools(cfg, [m.strip() for m in modes.split(",") if m.strip()], progress=_progress, which=which))
     for line in summary_lines(doc):
         click.echo(line)
     _write_json(doc, json_path, also_stdout=False)

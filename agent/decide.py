@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from agent.tools import Tool, ToolBox, ToolCall, ToolError
@@ -28,7 +30,19 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["grammar", "native"]
 
+ANSWER_ONLY = "root ::= answer\n" + r"answer ::= [^{}`\x00]+" + "\n"
+
 _STRING = r'"\"" ( [^"\\\x00-\x1f] | "\\" ["\\/bfnrt] ){0,200} "\""'
+
+
+@dataclass(frozen=True)
+class Calling:
+    """The model has begun a call of `name` (its arguments are still being decoded)."""
+
+    name: str
+
+
+_NAMED = re.compile(r'\{"name": "([A-Za-z0-9_]+)"')
 
 
 def tools_prompt(tools: ToolBox, mode: Mode) -> str:
@@ -56,7 +70,7 @@ def gbnf(tools: ToolBox, only: list[str] | None = None, allow_answer: bool = Tru
     """A GBNF grammar: prose not starting with "{", or one call of a tool in `only` (default: all)."""
     names = only or [t.name for t in tools]
     rules = [f"root ::= {'answer | ' if allow_answer else ''}call",
-             r"answer ::= [^{\x00] [^\x00]*",
+             r"answer ::= [^{}`\x00]+",  # prose has no braces or backticks: nothing JSON-like is spoken
              "call ::= " + " | ".join(f"c{i}" for i in range(len(names))),
              f"str ::= {_STRING}",
              r'digits ::= "\"" [0-9]{1,32} "\""',
@@ -99,19 +113,25 @@ def _literal(text: str) -> str:
 
 
 def digit_tools(tools: ToolBox, messages: list[dict[str, Any]]) -> list[str] | None:
-    """The tools the model may call now: one that needs digits (an order number) only once the
-    caller has said some in their latest turn, so the model cannot make a number up (measured: the
-    0.5B called lookup_order("12345") for "What are your opening hours?"). None: all of them."""
-    needy = {t.name for t in tools if set(t.digit_params) & set(t.parameters["required"])}
-    if not needy:
+    """The tools the model may call now, from the caller's latest words: one that needs digits (an
+    order number) only once they said some, so the model cannot make a number up (measured: the 0.5B
+    called lookup_order("12345") for "What are your opening hours?"); one with cue words (transfer,
+    end_call) only when one of them was said. None: all of them."""
+    if not any(set(t.digit_params) & set(t.parameters["required"]) or t.cues for t in tools):
         return None
     from agent.spoken import digits
 
-    said = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
-    if digits(str(said)):
-        return None
-    allowed = [t.name for t in tools if t.name not in needy]
-    return allowed or []
+    said = str(next((m["content"] for m in reversed(messages) if m.get("role") == "user"), ""))
+    lowered = f" {said.lower()} "
+    has_digits = bool(digits(said))
+    allowed = []
+    for t in tools:
+        if set(t.digit_params) & set(t.parameters["required"]) and not has_digits:
+            continue
+        if t.cues and not any(c in lowered for c in t.cues):
+            continue
+        allowed.append(t.name)
+    return allowed
 
 
 def fill_digits(call: ToolCall, tools: ToolBox, messages: list[dict[str, Any]]) -> ToolCall:
@@ -147,16 +167,27 @@ def _known(name: str, arguments: Any, tools: ToolBox, id: str = "") -> ToolCall:
 
 
 async def decide(llm: Any, messages: list[dict[str, Any]], tools: ToolBox, mode: Mode,
-                 only: list[str] | None = None) -> AsyncIterator[str | ToolCall]:
+                 only: list[str] | None = None) -> AsyncIterator[str | Calling | ToolCall]:
     """Stream the reply's text deltas, or yield one `ToolCall` (and no text). A malformed call (the
     native API does not constrain) raises ToolError, which the reply turns into an apology.
     `only`: the names of the tools that may be called now (`digit_tools`); None: all."""
+    had_tools = bool(tools)
     if only is not None:
         tools = ToolBox({name: t for name, t in tools.tools.items() if name in only})
     if not tools:
-        async for delta in llm.stream(messages):
-            if isinstance(delta, str):  # no tools were offered: a call cannot be meant
-                yield delta
+        # nothing may be called now; the prompt still describes the tools, so the model may try to
+        # write a call anyway (measured: it wrote lookup_order JSON for "do you sell helmets"):
+        # on a grammar server the output is held to prose, elsewhere a JSON-looking reply is refused
+        grammar = ANSWER_ONLY if had_tools and mode == "grammar" else None
+        start = ""
+        async for delta in llm.stream(messages, **({"grammar": grammar} if grammar else {})):
+            if not isinstance(delta, str):  # a native call of a tool that was not offered
+                raise ToolError("the model called a tool that was not offered")
+            if had_tools and len(start) < 8:
+                start += delta
+                if start.lstrip()[:1] in ("{", "`"):
+                    raise ToolError(f"the model wrote a call as text: {start!r}")
+            yield delta
         return
     if mode == "native":
         async for item in llm.stream(messages, tools=tools.specs()):
@@ -172,6 +203,7 @@ async def decide(llm: Any, messages: list[dict[str, Any]], tools: ToolBox, mode:
         return
     held: list[str] = []  # until the first visible character says which branch this is
     calling: bool | None = None
+    announced = False
     async for delta in llm.stream(messages, grammar=gbnf(tools)):
         if calling is None:
             held.append(delta)
@@ -184,6 +216,9 @@ async def decide(llm: Any, messages: list[dict[str, Any]], tools: ToolBox, mode:
             continue
         if calling:
             held.append(delta)
+            if not announced and (m := _NAMED.match("".join(held).lstrip())) and m.group(1) in tools.tools:
+                announced = True
+                yield Calling(m.group(1))  # the filler can start now, while the arguments decode
         else:
             yield delta
     if calling:

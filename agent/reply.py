@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from agent.context import Conversation
-from agent.decide import Mode, decide, digit_tools
+from agent.decide import Calling, Mode, decide, digit_tools
 from agent.llm import LLMError
 from agent.tools import ToolBox, ToolCall, ToolError, ToolResult
 from pipeline.clock import Clock
@@ -189,13 +189,19 @@ class Reply:
         try:
             async with o.clock.working():
                 if self.script is not None:
-                    source: AsyncIterator[str | ToolCall] = _said(self.script)
+                    source: AsyncIterator[str | Calling | ToolCall] = _said(self.script)
                 else:
                     source = decide(o.llm, messages, o.tools, o.tool_mode, only=digit_tools(o.tools, messages))
+                filler_said = False
                 async for item in source:
                     if m.llm_first_token_at is None:
                         m.llm_first_token_at = o.clock.now()
+                    if isinstance(item, Calling):  # say the filler while the arguments are decoded
+                        filler_said = self._filler(item.name, splitter, phrases, generated)
+                        continue
                     if isinstance(item, ToolCall):
+                        if not filler_said:
+                            self._filler(item.name, splitter, phrases, generated)
                         await self._use_tool(item, messages, splitter, phrases, generated)
                         break
                     self._say(item, splitter, phrases, generated)
@@ -221,6 +227,17 @@ class Reply:
         for p in splitter.push(text):
             self._phrase(p, phrases)
 
+    def _filler(self, name: str, splitter: PhraseSplitter, phrases: asyncio.Queue[str | None],
+                generated: list[str]) -> bool:
+        """The tool's filler, as a phrase of its own (heard while the tool runs); False if it has none."""
+        tool = self.owner.tools.get(name)
+        if tool is None or not tool.filler:
+            return False
+        self._say(tool.filler + " ", splitter, phrases, generated)
+        for p in splitter.flush():
+            self._phrase(p, phrases)
+        return True
+
     async def _use_tool(self, call: ToolCall, messages: list[dict], splitter: PhraseSplitter,
                         phrases: asyncio.Queue[str | None], generated: list[str]) -> None:
         """Say the tool's filler, run it inside this reply's scope (a barge-in cancels it: no late
@@ -229,10 +246,6 @@ class Reply:
         o, m = self.owner, self.metrics
         tool = o.tools.get(call.name)
         assert tool is not None, call.name  # decide() only yields known tools
-        if tool.filler:
-            self._say(tool.filler + " ", splitter, phrases, generated)
-            for p in splitter.flush():  # the filler is heard while the tool runs
-                self._phrase(p, phrases)
         o.on_event({"type": "tool", "state": "started", "name": call.name, "arguments": call.arguments,
                      "turn": m.index})
         result: ToolResult = await tool.run(call, o.call)

@@ -91,10 +91,13 @@ class Tool:
     timeout_s: float = 5.0
     ends_call: bool = False  # after the reply is played, the call ends (end_call)
     digit_params: tuple[str, ...] = ()
+    # Words of the caller that make this tool plausible ("human", "operator"); when given, the tool
+    # is offered to the model only in a turn whose words contain one (agent/decide.py `offered`)
+    cues: tuple[str, ...] = ()
 
     @classmethod
     def from_function(cls, fn: Callable[..., Any], *, name: str | None = None, filler: str | None | object = ...,
-                      timeout_s: float = 5.0) -> Tool:
+                      timeout_s: float = 5.0, cues: Sequence[str] = ()) -> Tool:
         """Describe `fn` from its signature and docstring. A missing hint or docstring is an error
         at definition time (the model needs both), not a confusing call at run time."""
         label = name or fn.__name__
@@ -129,7 +132,7 @@ class Tool:
                 required.append(p.name)
         params = {"type": "object", "properties": props, "required": required, "additionalProperties": False}
         kw: dict[str, Any] = {} if filler is ... else {"filler": filler}
-        return cls(fn, label, description, params, call_param, timeout_s=timeout_s,
+        return cls(fn, label, description, params, call_param, timeout_s=timeout_s, cues=tuple(cues),
                    digit_params=tuple(digit_params), **kw)
 
     def spec(self) -> dict[str, Any]:
@@ -208,11 +211,11 @@ class ToolBox:
 
 
 def tool(fn: Callable[..., Any] | None = None, *, filler: str | None | object = ..., timeout_s: float = 5.0,
-         name: str | None = None) -> Any:
-    """Optional decorator to set a tool's filler or timeout: `@tool(filler=None, timeout_s=2)`."""
+         name: str | None = None, cues: Sequence[str] = ()) -> Any:
+    """Optional decorator to set a tool's filler, timeout or cue words: `@tool(filler=None, timeout_s=2)`."""
 
     def wrap(f: Callable[..., Any]) -> Tool:
-        return Tool.from_function(f, name=name, filler=filler, timeout_s=timeout_s)
+        return Tool.from_function(f, name=name, filler=filler, timeout_s=timeout_s, cues=cues)
 
     return wrap(fn) if fn is not None else wrap
 

@@ -98,7 +98,7 @@ async def test_a_tool_that_raises_times_out_or_returns_junk_is_a_failed_result_n
 def test_the_grammar_allows_prose_or_exactly_one_valid_call():
     box = ToolBox.of([lookup_order, END_CALL])
     g = gbnf(box)
-    assert g.startswith("root ::= answer | call") and 'answer ::= [^{\\x00]' in g
+    assert g.startswith("root ::= answer | call") and "answer ::= [^{}`" in g  # no JSON-looking prose
     assert '\\"lookup_order\\"' in g and "digits" in g and '\\"end_call\\"' in g
     assert parse_call('{"name": "lookup_order", "arguments": {"order_id": "4712"}}', box) == \
         ToolCall("lookup_order", {"order_id": "4712"})
@@ -108,10 +108,13 @@ def test_the_grammar_allows_prose_or_exactly_one_valid_call():
         parse_call('{"name": "lookup_order", "argu', box)
 
 
-def test_a_tool_that_needs_digits_is_offered_only_once_the_caller_said_some():
-    box = ToolBox.of([lookup_order, END_CALL])
-    assert digit_tools(box, [{"role": "user", "content": "What are your opening hours?"}]) == ["end_call"]
-    assert digit_tools(box, [{"role": "user", "content": "It's four seven one two."}]) is None
+def test_a_tool_is_offered_only_when_the_callers_words_make_it_plausible():
+    box = ToolBox.of([lookup_order, END_CALL, transfer_to("desk")])
+    said = lambda text: digit_tools(box, [{"role": "user", "content": text}])  # noqa: E731
+    assert said("What are your opening hours?") == []  # no digits, no cue: nothing to call
+    assert said("It's four seven one two.") == ["lookup_order"]
+    assert said("okay thanks, bye") == ["end_call"]
+    assert said("can I speak to a person") == ["transfer_to_human"]
 
 
 async def _call(rig: Rig) -> None:
@@ -229,3 +232,19 @@ def test_tool_results_in_the_turn_json_are_serializable():
     rig = asyncio.run(go())
     turn = next(e for e in rig.events if e["type"] == "turn")
     assert json.loads(json.dumps(turn))["metrics"]["tools"][0]["name"] == "lookup_order"
+
+
+async def test_with_no_tool_to_offer_the_reply_is_held_to_prose_and_json_text_is_never_spoken():
+    """The caller said no digits and no cue word: no tool is offered, the grammar allows prose only;
+    a model (or server) that writes a call as text anyway gets an apology, not JSON read aloud."""
+    text_call = '{"name": "lookup_order", "arguments": {"order_id": "12345"}}'
+    async with Rig(["do you sell helmets", "and gloves"], ["Yes, we sell helmets.", text_call],
+                   tools=ToolBox.of([lookup_order, END_CALL]), tool_mode="native") as rig:
+        await _call(rig)
+        await _call(rig)
+    first, second = rig.turns.turns
+    assert first.heard_text == "Yes, we sell helmets." and first.tools == []
+    assert second.heard_text == "Sorry, I couldn't do that just now." and "{" not in second.heard_text
+    async with Rig(["do you sell helmets"], ["Yes."], tools=ToolBox.of([lookup_order])) as rig:
+        await _call(rig)
+    assert rig.llm.options[0]["grammar"].startswith("root ::= answer\n")

@@ -7,6 +7,7 @@ one call of a known tool with schema-valid arguments; and digits come from the c
 from __future__ import annotations
 
 import pytest
+import pytest_asyncio
 
 from agent.benches.tools import INSTRUCTIONS, order_tools
 from agent.decide import decide, digit_tools, tools_prompt
@@ -15,10 +16,10 @@ from agent.llm_server import EmbeddedLLMServer
 from agent.prompts import SPEECH_STYLE
 from agent.tools import ToolCall
 
-pytestmark = pytest.mark.models
+pytestmark = [pytest.mark.models, pytest.mark.asyncio(loop_scope="module")]
 
 
-@pytest.fixture(scope="module")
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def llm():
     server = EmbeddedLLMServer(n_threads=2)
     url = await server.start()
@@ -43,7 +44,9 @@ async def _decide(llm, said: str):
     ("can i talk to a real person please", "transfer_to_human", {}),
 ])
 async def test_the_embedded_model_calls_the_tool_with_valid_arguments(llm, said, name, args):
-    (call,) = await _decide(llm, said)
+    out = await _decide(llm, said)
+    assert [type(x).__name__ for x in out] == ["Calling", "ToolCall"], out  # named first: the filler starts
+    call = out[-1]
     assert isinstance(call, ToolCall) and call.name == name and call.arguments == args, call
 
 
