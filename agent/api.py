@@ -28,6 +28,7 @@ from typing import Any
 
 from agent.calltools import END_CALL
 from agent.decide import Mode, tools_prompt
+from agent.flows import Flow, FlowState
 from agent.prompts import SPEECH_STYLE, SPEECH_SYSTEM_PROMPT
 from agent.tools import Tool, ToolBox
 
@@ -43,10 +44,15 @@ class Agent:
     tools: Sequence[Callable[..., Any] | Tool] = ()
     end_call: bool = True
     name: str = "agent"
+    flow: Flow | str | Path | None = None  # a call flow (agent/flows.py), or the path of its TOML file
     _box: ToolBox | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._box = self.toolbox()  # a bad tool (no docstring, an untyped parameter) fails here, by name
+        if self.flow is not None and not isinstance(self.flow, Flow):
+            self.flow = Flow.load(self.flow, tools=self._box)  # a bad flow file fails here, naming the place
+        elif isinstance(self.flow, Flow):
+            self.flow.check(self._box)
 
     def toolbox(self) -> ToolBox:
         items = list(self.tools)
@@ -59,12 +65,19 @@ class Agent:
         assert self._box is not None
         return self._box
 
-    def system_prompt(self, mode: Mode) -> str:
+    def system_prompt(self, mode: Mode, state: FlowState | None = None) -> str:
+        """What the model is told: the instructions, the spoken style, the step of the flow it is at
+        (`state`), and the tools it may use there."""
         if not self.instructions:  # the default conversational agent, with its own wording
             base = SPEECH_SYSTEM_PROMPT
         else:
             base = f"{self.instructions.strip()}\n{SPEECH_STYLE}"
+        if state is not None:
+            return f"{base}\nNow: {state.node.instructions}" + (tools_prompt(state.tools, mode) if state.tools else "")
         return base + (tools_prompt(self.box, mode) if self.box else "")
+
+    def new_flow_state(self) -> FlowState | None:
+        return FlowState(self.flow, self.box) if isinstance(self.flow, Flow) else None
 
 
 def load_agent(spec: str) -> Agent:

@@ -86,6 +86,9 @@ class ReplyOwner(Protocol):
 
     def on_event(self, event: dict) -> None: ...
 
+    def tool_done(self, result: ToolResult) -> None:
+        """A tool call of this reply finished (a flow may move to its next node)."""
+
     def reply_audible(self, reply: Reply) -> None:
         """A chunk with samples is about to play: the agent has the floor."""
 
@@ -252,6 +255,7 @@ class Reply:
         m.tools.append(result.as_dict())
         o.on_event({"type": "tool", "state": "done", **result.as_dict(), "turn": m.index})
         o.conversation.add_tool(result.for_model())
+        o.tool_done(result)
         if not result.ok:
             log.warning("turn %d: tool %s failed: %s", m.index, call.name, result.error)
             self._say(TOOL_APOLOGY, splitter, phrases, generated)

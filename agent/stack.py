@@ -17,6 +17,7 @@ from agent.api import Agent, with_greeting
 from agent.config import AgentConfig
 from agent.context import Conversation
 from agent.decide import Mode
+from agent.flows import FlowState
 from agent.llm import LLMError, OpenAICompatibleLLM
 from agent.llm_server import EmbeddedLLMServer
 from agent.llm_supervisor import LLMSupervisor, SupervisorOptions
@@ -80,11 +81,13 @@ class AgentStack:
         agent = agent or self.agent or self._default_agent()
         options = with_greeting(turn_options or self.config.turns, agent)
         mode = cast(Mode, self.config.llm.resolved_tool_mode())
+        flow = agent.new_flow_state()  # where this call is in the agent's flow, if it has one
         # interim passes while the user speaks, a speculative final at the pause when replies may start there
         transcriber = StreamingTranscriber(self.stt, clock, options.transcriber_options(self.config.transcriber))
         turns = TurnManager(
-            transcriber, self.llm, tts, playout, clock, Conversation(agent.system_prompt(mode), PRIMER),
+            transcriber, self.llm, tts, playout, clock, Conversation(agent.system_prompt(mode, flow), PRIMER),
             options=options, on_event=on_event, tools=agent.box, tool_mode=mode, call=call,
+            flow=flow, flow_prompt=lambda state: agent.system_prompt(mode, state),
         )
         segmenter = VADSegmenter(self.config.vad, SileroVAD())
         return Session(segmenter, turns, playout, clock, echo)
@@ -105,9 +108,11 @@ async def load_stack(
             supervisor = LLMSupervisor(url=config.llm.base_url, api_key=config.llm.api_key,
                                        options=supervisor_options or config.supervisor)
         else:
-            progress("starting the embedded LLM (Qwen2.5 0.5B, llama.cpp)…")
+            from pipeline.assets import ASSETS
+
+            progress(f"starting the embedded LLM ({ASSETS[config.embedded_llm.model].description}, llama.cpp)…")
             server = EmbeddedLLMServer(
-                n_threads=config.embedded_llm.threads, n_parallel=config.embedded_llm.slots,
+                model=config.embedded_llm.model, n_threads=config.embedded_llm.threads, n_parallel=config.embedded_llm.slots,
                 n_ctx=config.embedded_llm.n_ctx * config.embedded_llm.slots,  # llama.cpp splits it over the slots
                 warm_system_prompt=agent.system_prompt("grammar") if agent else config.system_prompt,
                 warm_primer=PRIMER,
@@ -150,5 +155,5 @@ class _PromptAgent(Agent):
         super().__init__(instructions="", end_call=False)
         self._prompt = prompt
 
-    def system_prompt(self, mode: Mode) -> str:
+    def system_prompt(self, mode: Mode, state: FlowState | None = None) -> str:
         return self._prompt

@@ -28,9 +28,10 @@ from typing import Any
 
 from agent.context import Conversation
 from agent.decide import Mode
+from agent.flows import FlowState
 from agent.preempt import PreemptGate
 from agent.reply import APOLOGY, LLM, Reply
-from agent.tools import ToolBox
+from agent.tools import ToolBox, ToolResult
 from pipeline.clock import Clock
 from pipeline.events import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted, Transcript, TurnMetrics, VADEvent
 from pipeline.stages import CallControl
@@ -136,11 +137,16 @@ class TurnManager:
         tools: ToolBox | None = None,
         tool_mode: Mode = "grammar",
         call: CallControl | None = None,
+        flow: FlowState | None = None,
+        flow_prompt: Callable[[FlowState], str] | None = None,
     ) -> None:
         self.llm, self.tts, self.playout, self.clock = llm, tts, playout, clock
         # what a reply may do besides talking (agent/tools.py), how the LLM is asked to choose
         # (agent/decide.py), and the call it acts on (set by the edge; None: a call with no controls)
-        self.tools, self.tool_mode, self.call = tools or ToolBox(), tool_mode, call
+        self._tools, self.tool_mode, self.call = tools or ToolBox(), tool_mode, call
+        # a call flow (agent/flows.py): the node decides the tools; `prompt` renders the system
+        # prompt for the node the call is at
+        self.flow, self._flow_prompt = flow, flow_prompt
         self.options = options or TurnOptions()
         # interim transcripts while the user speaks, and (preemptive) a final started speculatively
         # at the first silence; the manager shows the interims and prefills the LLM with them
@@ -161,6 +167,19 @@ class TurnManager:
         self._prefill: asyncio.Task | None = None  # Floor.prefilling
         self._tasks = TaskSet("turns")  # Floor.side_tasks
         self._words: asyncio.Task | None = None  # the last user words joining the history without a reply
+
+    @property
+    def tools(self) -> ToolBox:
+        """The tools of this moment: the flow node's, or the agent's."""
+        return self.flow.tools if self.flow is not None else self._tools
+
+    def tool_done(self, result: ToolResult) -> None:
+        """A reply's tool call finished: the flow may move on (its next turn is told the new step)."""
+        if self.flow is None or (node := self.flow.after(result)) is None:
+            return
+        if self._flow_prompt is not None:
+            self.conversation.system_prompt = self._flow_prompt(self.flow)
+        self.on_event({"type": "flow", "node": node, "after": result.call.name})
 
     @property
     def floor(self) -> Floor:

@@ -68,6 +68,7 @@ agent = Agent(
                  "with the status of their orders. Ask for the order number if you need it.",
     greeting="Hi, thanks for calling Spoke and Chain. What's your order number?",
     tools=[lookup_order, transfer_to(TEAM)],
+    flow=Path(__file__).with_name("order_desk.flow.toml"),  # the steps of the call: edit that file
 )
 
 if __name__ == "__main__":

@@ -394,7 +394,8 @@ class Rig:
     `ToolBox`), `tool_mode` and `call` (e.g. `agent.recorded_call.RecordedCall`) go to the turn manager."""
 
     def __init__(self, texts: list[str], replies: list[Any], options: TurnOptions | None = None, *, llm=None,
-                 tools=None, tool_mode: str = "grammar", call=None, **llm_kw) -> None:
+                 tools=None, tool_mode: str = "grammar", call=None, flow=None, flow_prompt=None,
+                 **llm_kw) -> None:
         from agent.context import Conversation
         from agent.turns import TurnManager, TurnOptions
         from pipeline.clock import VirtualClock
@@ -413,7 +414,8 @@ class Rig:
         transcriber = StreamingTranscriber(self.stt, self.clock, (options or TurnOptions()).transcriber_options())
         self.turns = TurnManager(transcriber, self.llm, self.tts, self.playout, self.clock,
                                  Conversation("be brief"), options=options, on_event=self.events.append,
-                                 tools=tools, tool_mode=tool_mode, call=call)  # type: ignore[arg-type]
+                                 tools=tools, tool_mode=tool_mode, call=call,  # type: ignore[arg-type]
+                                 flow=flow, flow_prompt=flow_prompt)
 
     async def __aenter__(self) -> Rig:
         self._playout_task = asyncio.create_task(self.playout.run())
