@@ -431,5 +431,26 @@ def tools_bench(ctx, modes, which, json_path, **models) -> None:
     _write_json(doc, json_path, also_stdout=False)
 
 
+@main.command("eval")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report.")
+@model_options
+@click.pass_context
+def eval_(ctx, file, json_path, **models) -> None:
+    """Run scripted calls against an agent and check what must happen (agent/evals.py)."""
+    from agent.evals import EvalFile, run_eval
+
+    cfg = _config(ctx, **_overrides(**models))
+    try:
+        EvalFile.load(file)  # a bad file is one line, before any model loads
+    except ValueError as exc:
+        _fail(str(exc))
+    doc = _run(run_eval(cfg, file, progress=_progress, agent=_agent(ctx, models.get("agent_spec"))))
+    click.echo(f"{doc['passed']}/{doc['n']} scenarios passed")
+    _write_json(doc, json_path, also_stdout=False)
+    if doc["passed"] < doc["n"]:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -18,7 +18,7 @@ from agent.api import Agent
 from agent.benches.stats import machine
 from agent.config import AgentConfig
 from agent.recorded_call import RecordedCall
-from agent.stack import load_stack
+from agent.stack import AgentStack, load_stack
 from pipeline.audio import read_audio
 from pipeline.clock import RealClock, VirtualClock
 from transport.files import EchoPath, ScriptedMicrophone, TimelineRecorder
@@ -50,7 +50,28 @@ async def converse(
         turns.append((audio, rate))
     if not turns:
         return {"turns": [], "summary": {"turns": 0, "notes": notes}}
+    async with load_stack(config, progress, agent=agent) as stack:
+        return await converse_on(stack, turns, out, fast=fast, gap_s=gap_s, progress=progress,
+                                 interrupt_after_s=interrupt_after_s, echo_db=echo_db, echo_delay_ms=echo_delay_ms,
+                                 notes=notes)
 
+
+async def converse_on(
+    stack: AgentStack,
+    turns: list[tuple[np.ndarray, int]],
+    out: Path | None = None,
+    fast: bool = False,
+    gap_s: float = 1.0,
+    progress: Callable[[str], None] = lambda s: None,
+    interrupt_after_s: float | None = None,
+    echo_db: float | None = None,
+    echo_delay_ms: float = 100.0,
+    notes: list[str] | None = None,
+    call: RecordedCall | None = None,
+) -> dict:
+    """One conversation of user turns (audio, rate) on a loaded stack (its agent); the metrics document."""
+    config = stack.config
+    notes = list(notes or [])
     clock = VirtualClock() if fast else RealClock()
     recorder = TimelineRecorder()
     echo = EchoPath(echo_db, echo_delay_ms) if echo_db is not None else None
@@ -61,32 +82,31 @@ async def converse(
             echo.played(frame)
 
     events: list[dict] = []
-    call = RecordedCall()
+    call = call or RecordedCall()
 
     def on_event(event: dict) -> None:
         _log_event(event)
-        if event.get("type") == "tool":
+        if event.get("type") in ("tool", "flow"):
             events.append(event)
 
-    async with load_stack(config, progress, agent=agent) as stack:
-        session = stack.new_session(clock, sink=sink, on_event=on_event, call=call)
-        call.ended = session.hang_up
-        mic = ScriptedMicrophone(
-            clock, turns, session.idle, gap_s=gap_s, min_tail_s=config.vad.hangover_ms / 1000 + 0.3,
-            interrupt_after_s=interrupt_after_s, speaking_since=session.turns.speaking_since, echo=echo,
-        )
+    session = stack.new_session(clock, sink=sink, on_event=on_event, call=call)
+    call.ended = session.hang_up
+    mic = ScriptedMicrophone(
+        clock, turns, session.idle, gap_s=gap_s, min_tail_s=config.vad.hangover_ms / 1000 + 0.3,
+        interrupt_after_s=interrupt_after_s, speaking_since=session.turns.speaking_since, echo=echo,
+    )
 
-        async def frames():
-            async for f in mic.frames():
-                recorder.user(f)
-                yield f
+    async def frames():
+        async for f in mic.frames():
+            recorder.user(f)
+            yield f
 
-        progress(f"conversation: {len(turns)} user turn(s){' on a virtual clock' if fast else ' in real time'}…")
-        await session.run(frames())
-        metrics = [m.as_dict() for m in session.turns.turns]
-        history = [dataclasses.asdict(m) for m in session.turns.conversation.messages]
-        underruns = session.playout.underruns
-        cache = stack.cache
+    progress(f"conversation: {len(turns)} user turn(s){' on a virtual clock' if fast else ' in real time'}…")
+    await session.run(frames())
+    metrics = [m.as_dict() for m in session.turns.turns]
+    history = [dataclasses.asdict(m) for m in session.turns.conversation.messages]
+    underruns = session.playout.underruns
+    cache = stack.cache
     self_interruptions = _self_interruptions(metrics, mic.user_spans)
     if out is not None:
         seconds = recorder.write(out)
