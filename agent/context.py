@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from agent.spoken import normalize_numbers_in_transcript
+
+_REFUSAL = re.compile(r"(i'?m|i am) sorry,? (but )?i (can'?t|cannot|am unable to|'m unable to) "
+                      r"(assist|help) with (that|this)", re.IGNORECASE)
 
 INTERRUPTED_NOTE = "The user interrupted you: they heard only the words above, not the rest of your reply."
 INTERRUPTED_EARLY = "The user interrupted you before they heard anything of your reply."
@@ -41,6 +45,14 @@ class Conversation:
         if heard_text or interrupted:
             self.messages.append(Message("assistant", heard_text, interrupted))
 
+    def for_model(self, m: Message) -> str:
+        """An agent turn as the model is shown it: a stock refusal is kept out of its own history,
+        because the 0.5B copies it into later answers (6 of 18 call-centre turns said "I'm sorry,
+        but I can't assist with that." once one had). The caller heard it; the model need not."""
+        if m.role == "assistant" and _REFUSAL.match(m.text.strip()):
+            return "(I could not answer that.)"
+        return m.text
+
     def for_llm(self, pending_user: str | None = None) -> list[dict[str, str]]:
         """The prompt; with `pending_user`, as if those words had been added (a speculative reply)."""
         messages = self.messages[-self.max_messages :]
@@ -48,7 +60,7 @@ class Conversation:
             messages = _with_user(messages, normalize_numbers_in_transcript(pending_user))
         out = [{"role": "system", "content": self.system_prompt}, *self.primer]
         for m in messages:
-            out.append({"role": "system" if m.role == "tool" else m.role, "content": m.text})
+            out.append({"role": "system" if m.role == "tool" else m.role, "content": self.for_model(m)})
             if m.interrupted:
                 # a separate note, not text in the agent's mouth: small models copy whatever they
                 # see in their own turns (measured: they repeated an inline "[interrupted…]" tag,

@@ -58,6 +58,8 @@ class Phrasing(Protocol):
     def first_phrase_min_words(self) -> int: ...
     @property
     def first_phrase_max_words(self) -> int: ...
+    @property
+    def max_reply_words(self) -> int: ...
 
 
 class ReplyOwner(Protocol):
@@ -208,6 +210,8 @@ class Reply:
                         await self._use_tool(item, messages, splitter, phrases, generated)
                         break
                     self._say(item, splitter, phrases, generated)
+                    if self._long_enough(generated):
+                        break  # closes the LLM stream: the server stops decoding
             for p in splitter.flush():
                 self._phrase(p, phrases)
         except LLMError as exc:
@@ -223,6 +227,14 @@ class Reply:
                 self._phrase(p, phrases)
         finally:
             phrases.put_nowait(None)
+
+    def _long_enough(self, generated: list[str]) -> bool:
+        """Past the word cap and at a sentence end: the rest would be a monologue nobody waits for."""
+        cap = self.owner.options.max_reply_words
+        if not cap:
+            return False
+        text = "".join(generated).rstrip()
+        return len(text.split()) >= cap and text[-1:] in ".!?"
 
     def _say(self, text: str, splitter: PhraseSplitter, phrases: asyncio.Queue[str | None],
              generated: list[str]) -> None:
@@ -270,6 +282,8 @@ class Reply:
                                                                          "one or two short spoken sentences."}]
         async for delta in o.llm.stream(answer):
             self._say(delta, splitter, phrases, generated)
+            if self._long_enough(generated):
+                break
 
     def _phrase(self, phrase: str, phrases: asyncio.Queue[str | None]) -> None:
         if self.metrics.first_phrase_at is None:

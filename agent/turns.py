@@ -99,6 +99,9 @@ class TurnOptions:
     first_phrase_min_words: int = 2
     first_phrase_max_words: int = 5
     greeting: str | None = None  # said when a session starts (before the user speaks); None: wait
+    # A reply stops at the first sentence end after this many words (the LLM is closed there): a
+    # misheard question once got a 200-token answer, a minute of monologue. 0: no cap.
+    max_reply_words: int = 60
 
     def transcriber_options(self, base: TranscriberOptions | None = None) -> TranscriberOptions:
         """What this policy asks of the transcriber (built beside it, `AgentStack.new_session`): the
