@@ -452,5 +452,25 @@ def eval_(ctx, file, json_path, **models) -> None:
         sys.exit(1)
 
 
+@main.command("chat-bench")
+@click.option("--repeat", type=int, default=3, show_default=True,
+              help="Runs of every dialogue (replies are sampled at the configured temperature).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report.")
+@model_options
+@click.pass_context
+def chat_bench(ctx, repeat, json_path, **models) -> None:
+    """Benchmark everyday conversation: right answers, memory of earlier turns, spoken prose, speed, memory."""
+    from agent.benches.chat import main as run_chat
+    from agent.benches.chat import summary_lines
+
+    if repeat < 1:
+        _fail("--repeat must be at least 1")
+    cfg = _config(ctx, **_overrides(**models))
+    doc = _run(run_chat(cfg, repeat, progress=_progress))
+    for line in summary_lines(doc):
+        click.echo(line)
+    _write_json(doc, json_path, also_stdout=False)
+
+
 if __name__ == "__main__":
     main()

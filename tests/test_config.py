@@ -72,7 +72,8 @@ def _other(name: str, value, hint):
     import types
     import typing
 
-    special = {"stt.backend": "whisper", "tts.backend": "piper", "llm.tool_mode": "native"}  # one of a few names
+    special = {"stt.backend": "whisper", "tts.backend": "piper", "llm.tool_mode": "native",  # one of a few names
+               "embedded_llm.model": "qwen2.5-1.5b"}
     if name in special:
         return special[name]
     kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
