@@ -350,12 +350,19 @@ class FakeSession:
         self.playout = Playout(clock, sink, sample_rate=output_rate)
         self.on_event = on_event
         self.frames = 0
+        self.call = None  # the edge's CallControl, as given to new_session
+        self.hung_up = False
+
+    def hang_up(self) -> None:
+        self.hung_up = True
 
     async def run(self, frames) -> None:
         async with asyncio.TaskGroup() as tg:
             playout = tg.create_task(self.playout.run())
             try:
                 async for _ in frames:
+                    if self.hung_up:
+                        break
                     self.frames += 1
                     if self.frames == 1:
                         self.on_event({"type": "state", "state": "listening"})
@@ -369,8 +376,10 @@ class FakeStack:
     def __init__(self) -> None:
         self.sessions: list[FakeSession] = []
 
-    def new_session(self, clock, sink, output_rate=48_000, on_event=None, turn_options=None) -> FakeSession:
+    def new_session(self, clock, sink, output_rate=48_000, on_event=None, turn_options=None, call=None,
+                    agent=None) -> FakeSession:
         s = FakeSession(clock, sink, output_rate, on_event or (lambda e: None))
+        s.call = call
         self.sessions.append(s)
         return s
 

@@ -205,8 +205,10 @@ class TokenGate:
 
     @staticmethod
     def is_open(path: str) -> bool:
-        """The page and its files carry no secrets; the page itself reads the token from its URL."""
-        return path == "/" or path.startswith("/static/")
+        """The page and its files carry no secrets; the page itself reads the token from its URL. A
+        media stream (`/phone/twilio`) proves the token in its `start` message: Twilio's Stream URLs
+        take no query string, and a WebSocket from Twilio sends no Authorization header."""
+        return path in ("/", "/phone/twilio") or path.startswith("/static/")
 
     def _given(self, request: web.Request) -> str:
         header = request.headers.get("Authorization", "")

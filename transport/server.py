@@ -28,7 +28,7 @@ import secrets
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,12 +47,14 @@ from transport.guard import (
     loads_bounded,
     runner_options,
 )
+from transport.twilio import MAX_MESSAGE, TwilioStream, twiml
 from transport.webrtc import PeerSession, StackLike, enable_loopback_candidates, parse_ice_server
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 PEERS = web.AppKey("peers", dict)
+STREAMS = web.AppKey("streams", set)  # media-stream calls in progress (transport/twilio.py)
 
 
 @dataclass
@@ -69,6 +71,8 @@ class ServeOptions:
     # p50 1.9-2.1 s, 2 calls 4.5-6.3 s, 3 calls 10.5 s with LLM timeouts (README "Reliability").
     # Beyond it a call gets 503 "busy, try again" instead of being admitted and starved.
     max_sessions: int = 1
+    # Twilio media streams: how a transfer is carried out (the user's REST call; None: refused)
+    twilio_transfer: Callable[[str, str], Awaitable[bool]] | None = None
     max_body_bytes: int = 64 * 1024
     max_sdp_bytes: int = 32 * 1024
     max_json_depth: int = 32  # an offer is 1 level deep; Python's parser recurses per level
@@ -146,6 +150,7 @@ def make_app(stack: StackLike, options: ServeOptions) -> web.Application:
     app = web.Application(client_max_size=options.max_body_bytes, middlewares=middlewares)
     app.on_response_prepare.append(add_security_headers)
     app[PEERS] = {}
+    app[STREAMS] = set()
     app[OPTIONS] = options
     app[STACK] = stack
     enable_loopback_candidates()  # a browser on this machine may only share loopback with us
@@ -153,6 +158,9 @@ def make_app(stack: StackLike, options: ServeOptions) -> web.Application:
     app.router.add_get("/health", _health)
     app.router.add_get("/config", _client_config)
     app.router.add_post("/offer", _offer)
+    app.router.add_get("/phone/twilio", _twilio_stream)
+    app.router.add_get("/phone/twilio/twiml", _twilio_twiml)
+    app.router.add_post("/phone/twilio/twiml", _twilio_twiml)
     app.router.add_static("/static/", STATIC, show_index=False)
     app.on_shutdown.append(_close_all)
     return app
@@ -183,6 +191,33 @@ async def _health(request: web.Request) -> web.Response:
         log.warning("the stack's health check failed: %s", exc)
         doc = {"ok": False, "error": f"the health check failed: {exc or type(exc).__name__}", **counts}
     return web.json_response(doc, status=200 if doc["ok"] else 503)
+
+
+async def _twilio_stream(request: web.Request) -> web.StreamResponse:
+    """A phone call as a Twilio-style media stream (transport/twilio.py); counted like a browser call."""
+    opts: ServeOptions = request.app[OPTIONS]
+    calls: set = request.app[STREAMS]
+    if len(request.app[PEERS]) + len(calls) >= opts.max_sessions:
+        return json_error(503, f"the server is at its limit of {opts.max_sessions} concurrent sessions",
+                          headers={"Retry-After": "30"})
+    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=30)
+    await ws.prepare(request)
+    stream = TwilioStream(ws, request.app[STACK], opts.token, transfer_hook=opts.twilio_transfer)
+    calls.add(stream)
+    try:
+        await stream.run()
+    finally:
+        calls.discard(stream)
+        log.info("media stream %s ended (%s; %d bad messages)", stream.sid, stream.closing, stream.bad_messages)
+    return ws
+
+
+async def _twilio_twiml(request: web.Request) -> web.Response:
+    """TwiML for a Twilio number's voice webhook: connect the call to `/phone/twilio` on this host."""
+    opts: ServeOptions = request.app[OPTIONS]
+    scheme = "wss" if opts.cert else "ws"
+    body = twiml(f"{scheme}://{request.host}/phone/twilio", opts.token)
+    return web.Response(text=body, content_type="application/xml")
 
 
 async def _client_config(request: web.Request) -> web.Response:

@@ -28,6 +28,7 @@ Sink = Callable[[AudioFrame], Awaitable[None] | None]
 class _Request:
     resampler: StreamResampler
     chunks: list[tuple[AudioChunk, int, int]] = field(default_factory=list)  # chunk, out samples, played
+    heard: dict[int, int] = field(default_factory=dict)  # chunk slot → samples the far end confirmed (marks)
     queued: int = 0  # samples queued, not yet played
     final_seen: bool = False
     carry: str = ""  # text of chunks whose audio the resampler has not released yet
@@ -58,6 +59,12 @@ class Playout:
         # Set by an edge whose consumer paces itself and pulls frames (aiortc's recv): then `pull`
         # releases frames and `run` only waits, so there is one pacer, not two drifting apart.
         self.paced_by_consumer = False
+        # Set by an edge whose far end buffers audio and confirms what it played (Twilio's `mark`
+        # echoes): then heard text counts only confirmed frames, not what left this process.
+        self.confirmed_by_far_end = False
+        self.frames_out = 0  # frames released so far; frame n is confirmed by `confirm(n)`
+        self._unconfirmed: deque[tuple[int, list[tuple[str, int, int]]]] = deque()  # frame, (rid, slot, n)
+        self.on_flush: Callable[[], None] | None = None  # the edge's own flush (Twilio: send `clear`)
 
     # --- producer side -------------------------------------------------------------------------
     async def play(self, chunk: AudioChunk) -> None:
@@ -97,7 +104,21 @@ class Playout:
                 req.queued = 0
                 req.final_seen = True
                 self._finish(req)
+        # frames sent but not confirmed were dropped by the far end's buffer (the edge clears it)
+        self._unconfirmed = deque((n, [p for p in parts if request_id not in (None, p[0])])
+                                  for n, parts in self._unconfirmed)
         self._space.set()
+        if self.on_flush is not None:
+            self.on_flush()
+
+    def confirm(self, frame: int) -> None:
+        """The far end has played every frame up to `frame` (a `frames_out` value it was sent)."""
+        while self._unconfirmed and self._unconfirmed[0][0] <= frame:
+            _, parts = self._unconfirmed.popleft()
+            for rid, slot, n in parts:
+                req = self._requests.get(rid)
+                if req is not None:
+                    req.heard[slot] = req.heard.get(slot, 0) + n
 
     async def drain(self, request_id: str) -> None:
         """Wait until everything of a request has been played (or flushed)."""
@@ -120,7 +141,8 @@ class Playout:
         if req is None:
             return ""
         words: list[str] = []
-        for chunk, total, played in req.chunks:
+        for slot, (chunk, total, sent) in enumerate(req.chunks):
+            played = req.heard.get(slot, 0) if self.confirmed_by_far_end else sent
             w = chunk.text.split()
             if total and played >= total:
                 words += w
@@ -169,6 +191,7 @@ class Playout:
     def _next_frame(self, t: float) -> np.ndarray:
         out = np.zeros(self.frame_samples, np.float32)
         filled = 0
+        parts: list[tuple[str, int, int]] = []
         while filled < self.frame_samples and self._queue:
             rid, slot, samples = self._queue[0]
             take = min(len(samples), self.frame_samples - filled)
@@ -178,6 +201,8 @@ class Playout:
                 req.first_played_at = t + filled / self.sample_rate
             chunk, total, played = req.chunks[slot]
             req.chunks[slot] = (chunk, total, played + take)
+            if self.confirmed_by_far_end:
+                parts.append((rid, slot, take))
             req.queued -= take
             self._queued -= take
             filled += take
@@ -189,6 +214,9 @@ class Playout:
                 req.stopped_at = t + filled / self.sample_rate
                 self._finish(req)
             self._last_rid = rid
+        if parts:
+            self._unconfirmed.append((self.frames_out, parts))
+        self.frames_out += 1
         if filled < self.frame_samples and self._mid_reply():
             self.underruns += 1  # the reply is not over, but there was nothing to play
         if self._queued <= self.max_ahead:
