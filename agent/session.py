@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 
 from agent.turns import TurnManager
 from pipeline.audio import AudioFrame, sanitize
@@ -35,12 +35,13 @@ log = logging.getLogger(__name__)
 class Session:
     def __init__(
         self, segmenter: VADSegmenter, turns: TurnManager, playout: Playout, clock: Clock,
-        echo: EchoCanceller | None = None,
+        echo: EchoCanceller | None = None, on_closed: Callable[[], None] | None = None,
     ) -> None:
         self.segmenter, self.turns, self.playout, self.clock = segmenter, turns, playout, clock
         self.echo = echo  # fed the played audio by the playout's sink (see AgentStack.new_session)
         self.bad_samples = 0
         self.hung_up = False  # the agent ended the call (end_call): the input stops, no new turn starts
+        self.on_closed = on_closed  # told once when run() ends (the stack's metrics count calls)
 
     def hang_up(self) -> None:
         """Stop reading the input (from inside the reply that said goodbye, once it was played)."""
@@ -71,6 +72,8 @@ class Session:
             finally:
                 await self.turns.aclose()
                 playout.cancel()
+                if self.on_closed is not None:
+                    self.on_closed()
         if self.bad_samples:
             log.warning("input had %d NaN/inf samples; they were replaced with silence", self.bad_samples)
 

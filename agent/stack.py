@@ -21,6 +21,7 @@ from agent.flows import FlowState
 from agent.llm import LLMError, OpenAICompatibleLLM
 from agent.llm_server import EmbeddedLLMServer
 from agent.llm_supervisor import LLMSupervisor, SupervisorOptions
+from agent.metrics import Metrics
 from agent.prompts import PRIMER, SPEECH_SYSTEM_PROMPT
 from agent.session import Session
 from agent.turns import TurnManager, TurnOptions
@@ -48,6 +49,15 @@ class AgentStack:
     load_times: dict[str, float] = field(default_factory=dict)
     llm_supervisor: LLMSupervisor | None = None  # None: an unwatched LLM, always reported up
     agent: Agent | None = None  # what every session runs (`--agent FILE.py:NAME`); None: the plain assistant
+    metrics: Metrics = field(default_factory=Metrics)  # Prometheus, fed by every session's events
+
+    def observe(self, event: dict) -> None:
+        """An event from an edge (the browser's own voice-to-voice figure) for the metrics."""
+        self.metrics.observe(event)
+
+    def metrics_text(self) -> bytes:
+        """What `GET /metrics` serves (Prometheus text format)."""
+        return self.metrics.text()
 
     def _default_agent(self) -> Agent:
         """No --agent: the configured system prompt (`system_prompt` in the config), no tools."""
@@ -84,13 +94,20 @@ class AgentStack:
         flow = agent.new_flow_state()  # where this call is in the agent's flow, if it has one
         # interim passes while the user speaks, a speculative final at the pause when replies may start there
         transcriber = StreamingTranscriber(self.stt, clock, options.transcriber_options(self.config.transcriber))
+        edge_event = on_event or (lambda e: None)
+
+        def observed(event: dict) -> None:  # every event feeds the metrics, then goes to the edge
+            self.metrics.observe(event)
+            edge_event(event)
+
         turns = TurnManager(
             transcriber, self.llm, tts, playout, clock, Conversation(agent.system_prompt(mode, flow), PRIMER),
-            options=options, on_event=on_event, tools=agent.box, tool_mode=mode, call=call,
+            options=options, on_event=observed, tools=agent.box, tool_mode=mode, call=call,
             flow=flow, flow_prompt=lambda state: agent.system_prompt(mode, state),
         )
         segmenter = VADSegmenter(self.config.vad, SileroVAD())
-        return Session(segmenter, turns, playout, clock, echo)
+        self.metrics.call_started()
+        return Session(segmenter, turns, playout, clock, echo, on_closed=self.metrics.call_ended)
 
 
 @contextlib.asynccontextmanager

@@ -24,6 +24,7 @@ Real clips live in tests/data (`DATA`; see tests/data/SOURCES.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
@@ -452,3 +453,22 @@ class Rig:
             assert self.clock.now() - t0 < limit, f"never reached {state}"
             await settle(self.clock, 0.01)
 
+
+@contextlib.asynccontextmanager
+async def served(stack, token=None, **kw):
+    """A real `rejoinder serve` app for `stack` on 127.0.0.1 (any free port); yields its base URL."""
+    from aiohttp import web
+
+    from transport.server import ServeOptions, make_app, make_runner
+
+    opts = ServeOptions(host="127.0.0.1", port=0, token=token, **kw)
+    app = make_app(stack, opts)
+    runner = make_runner(app, opts)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

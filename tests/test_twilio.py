@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 
 import numpy as np
 import pytest
-from aiohttp import ClientSession, WSMsgType, web
+from aiohttp import ClientSession, WSMsgType
 
 from pipeline.audio import read_audio, resample
 from pipeline.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
-from tests.fakes import DATA, REPLY, FakeStack
-from transport.server import ServeOptions, make_app, make_runner
+from tests.fakes import DATA, REPLY, FakeStack, served
 
 FRAME = 160
 
@@ -33,21 +31,6 @@ def test_g711_round_trips_speech_with_telephone_quality():
         y = dec(enc(x))
         snr = 10 * np.log10(np.sum(x**2) / np.sum((x - y) ** 2))
         assert len(y) == len(x) and snr > 30, (enc.__name__, snr)
-
-
-@contextlib.asynccontextmanager
-async def served(stack, token=None, **kw):
-    opts = ServeOptions(host="127.0.0.1", port=0, token=token, **kw)
-    app = make_app(stack, opts)
-    runner = make_runner(app, opts)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 def start_msg(token=None, encoding="audio/x-mulaw"):

@@ -156,6 +156,7 @@ def make_app(stack: StackLike, options: ServeOptions) -> web.Application:
     enable_loopback_candidates()  # a browser on this machine may only share loopback with us
     app.router.add_get("/", _index)
     app.router.add_get("/health", _health)
+    app.router.add_get("/metrics", _metrics)
     app.router.add_get("/config", _client_config)
     app.router.add_post("/offer", _offer)
     app.router.add_get("/phone/twilio", _twilio_stream)
@@ -218,6 +219,15 @@ async def _twilio_twiml(request: web.Request) -> web.Response:
     scheme = "wss" if opts.cert else "ws"
     body = twiml(f"{scheme}://{request.host}/phone/twilio", opts.token)
     return web.Response(text=body, content_type="application/xml")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    """Prometheus text format from the stack (agent/metrics.py); the token guards it off loopback."""
+    text = getattr(request.app[STACK], "metrics_text", None)
+    if text is None:
+        return json_error(404, "this server keeps no metrics")
+    return web.Response(body=text(), content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
 
 
 async def _client_config(request: web.Request) -> web.Response:

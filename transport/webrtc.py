@@ -349,7 +349,11 @@ class PeerSession:
             if m is not None:  # the turn's metrics went out already: record the figure next to them
                 m["client_v2v_ms"] = ms
             server = m["timings_ms"].get("voice_to_voice") if m else None
-            self.send({"type": "v2v", "turn": turn, "client_ms": ms, "server_ms": server})
+            event = {"type": "v2v", "turn": turn, "client_ms": ms, "server_ms": server}
+            self.send(event)
+            observe = getattr(self.stack, "observe", None)  # the stack's metrics, if it keeps any
+            if observe is not None:
+                observe(event)
         elif kind == "bye":
             self._tasks.spawn(self.close(), "close")
         elif kind != "ping":
