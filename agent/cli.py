@@ -472,5 +472,32 @@ def chat_bench(ctx, repeat, json_path, **models) -> None:
     _write_json(doc, json_path, also_stdout=False)
 
 
+@main.command()
+@click.option("--listen", default="127.0.0.1:5060", show_default=True, metavar="HOST:PORT",
+              help="UDP address to answer SIP calls on. Anything but loopback requires --allow.")
+@click.option("--max-calls", type=int, default=1, show_default=True,
+              help="Concurrent calls; beyond it 486 Busy Here. 1 is what 2 cores serve well.")
+@click.option("--allow", "allow", multiple=True, metavar="NET",
+              help="Source addresses or networks that may call (e.g. your PBX, 192.0.2.0/24); repeatable. "
+                   "Default: loopback only. Everyone else gets no answer at all.")
+@model_options
+@click.pass_context
+def sip(ctx, listen, max_calls, allow, **models) -> None:
+    """Answer phone calls over SIP (UDP; G.711 audio, RFC 4733 keypad digits, BYE, REFER transfers)."""
+    from agent.phone import sip as run_sip
+    from agent.phone import sip_options
+
+    try:
+        sip_options(listen, max_calls, list(allow))  # an unsafe address is one line, before any model loads
+    except ValueError as exc:
+        _fail(str(exc))
+    cfg = _config(ctx, **_overrides(**models))
+    agent = _agent(ctx, models.get("agent_spec"))
+    try:
+        _run(run_sip(cfg, listen, max_calls, list(allow), agent=agent, progress=_progress))
+    except OSError as exc:
+        _fail(f"could not listen on udp {listen}: {exc}")
+
+
 if __name__ == "__main__":
     main()

@@ -287,6 +287,19 @@ class TurnManager:
         self.conversation.add_user(text)
         self.on_event({"type": "transcript", "final": True, "text": text, "turn": m.index})
 
+    async def user_typed(self, text: str) -> None:
+        """A user turn that came as text, not speech (keypad digits on a phone call): it cuts a reply
+        in flight, as speech would, and is answered as if `text` were its final transcript."""
+        now = self.clock.now()
+        if self._replying():
+            await self.barge_in(now)
+        m = TurnMetrics(index=len(self.turns), user_started=now, user_last_voiced=now, endpoint_at=now)
+        self.turns.append(m)
+        self._set_state(State.THINKING)
+        final: asyncio.Future[Transcript] = asyncio.get_running_loop().create_future()
+        final.set_result(Transcript(text, True, now, now))
+        self._answer(m, final)
+
     def keep_words(self, words: Awaitable[Any], m: TurnMetrics | None = None) -> None:
         """User words no reply will answer (a monologue piece cut by the VAD, or a turn whose reply
         was cancelled before it began) still join the history, in order, once transcribed."""
@@ -366,11 +379,11 @@ class TurnManager:
         self._set_state(State.THINKING)
         self._reply = Reply(self, m, name="greeting", script=self.options.greeting)
 
-    def _answer(self, m: TurnMetrics, final: asyncio.Task[Transcript]) -> None:
+    def _answer(self, m: TurnMetrics, final: asyncio.Future[Transcript]) -> None:
         """Start the reply to turn `m` (the reply a barge-in will cut): first its final transcript."""
         self._reply = Reply(self, m, lambda: self._heard(m, final), name=f"turn-{m.index}")
 
-    async def _heard(self, m: TurnMetrics, final: asyncio.Task[Transcript]) -> list[dict] | None:
+    async def _heard(self, m: TurnMetrics, final: asyncio.Future[Transcript]) -> list[dict] | None:
         """The reply's prompt: the user's final words join the history; none: no reply, listen on."""
         try:  # often already done: the speculative pass at the pause was the final
             transcript = await asyncio.shield(final)
