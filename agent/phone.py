@@ -13,42 +13,11 @@ from typing import Any
 
 from agent.api import Agent
 from agent.stack import load_stack
+from pipeline.dtmf import DigitCollector
 from transport.sip import SipCall, SipOptions, SipServer
 from transport.sip_media import RATE, parse_allow
 
 log = logging.getLogger(__name__)
-
-
-class DigitCollector:
-    """Keypad digits → one user turn: `#` ends the entry at once ("4 7 1 2 #" → "4712"), or a pause of
-    `pause_s` after the last key does. `*` and A-D are kept as typed."""
-
-    def __init__(self, on_digits: Callable[[str], Any], pause_s: float = 2.0) -> None:
-        self.on_digits, self.pause_s = on_digits, pause_s
-        self._keys: list[str] = []
-        self._timer: asyncio.TimerHandle | None = None
-
-    def press(self, key: str) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if key == "#":
-            self.flush()
-            return
-        self._keys.append(key)
-        self._timer = asyncio.get_running_loop().call_later(self.pause_s, self.flush)
-
-    def flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        digits, self._keys = "".join(self._keys), []
-        if digits:
-            self.on_digits(digits)
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
 
 
 async def run_call(stack: Any, call: SipCall, on_event: Callable[[dict], None] | None = None) -> None:

@@ -43,6 +43,10 @@ class Session:
         self.hung_up = False  # the agent ended the call (end_call): the input stops, no new turn starts
         self.on_closed = on_closed  # told once when run() ends (the stack's metrics count calls)
 
+    async def user_typed(self, text: str) -> None:
+        """A user turn that came as text (keypad digits from a phone edge): see `TurnManager.user_typed`."""
+        await self.turns.user_typed(text)
+
     def hang_up(self) -> None:
         """Stop reading the input (from inside the reply that said goodbye, once it was played)."""
         self.hung_up = True

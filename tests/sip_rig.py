@@ -25,8 +25,8 @@ from agent.phone import run_call
 from agent.stack import AgentStack
 from pipeline.clock import RealClock
 from tests.fakes import FakeLLM, FakeSTT, FakeTTSEngine
+from transport.g711 import decode
 from transport.sip import SipCall, SipOptions, SipServer
-from transport.sip_media import decode
 
 SCENARIOS = Path(__file__).parent / "data" / "sip"
 SIP_PORT, SIPP_PORT, RIG_PORT = 5060, 5070, 40000

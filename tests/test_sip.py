@@ -22,9 +22,11 @@ import numpy as np
 import pytest
 from aiosipua import parse_sdp
 
-from agent.phone import DigitCollector, sip_options
+from agent.phone import sip_options
+from pipeline.dtmf import DigitCollector
 from tests.fakes import Rig
-from transport.sip_media import NoCodec, allowed, check_listen, decode, encode, negotiate, parse_allow
+from transport.g711 import decode, encode
+from transport.sip_media import NoCodec, allowed, check_listen, negotiate, parse_allow
 
 ROOT = Path(__file__).resolve().parents[1]
 

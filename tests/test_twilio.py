@@ -18,8 +18,8 @@ import pytest
 from aiohttp import ClientSession, WSMsgType
 
 from pipeline.audio import read_audio, resample
-from pipeline.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from tests.fakes import DATA, REPLY, FakeStack, served
+from transport.g711 import PCMA, PCMU, decode, encode
 
 FRAME = 160
 
@@ -27,10 +27,10 @@ FRAME = 160
 def test_g711_round_trips_speech_with_telephone_quality():
     audio, rate = read_audio(DATA / "goforward.wav")
     x = resample(audio, rate, 8000)
-    for enc, dec in ((ulaw_encode, ulaw_decode), (alaw_encode, alaw_decode)):
-        y = dec(enc(x))
+    for pt in (PCMU, PCMA):
+        y = decode(encode(x, pt), pt)
         snr = 10 * np.log10(np.sum(x**2) / np.sum((x - y) ** 2))
-        assert len(y) == len(x) and snr > 30, (enc.__name__, snr)
+        assert len(y) == len(x) and snr > 30, (pt, snr)
 
 
 def start_msg(token=None, encoding="audio/x-mulaw"):
@@ -43,7 +43,7 @@ def start_msg(token=None, encoding="audio/x-mulaw"):
 
 def media_msg(samples: np.ndarray) -> str:
     return json.dumps({"event": "media", "streamSid": "MZ1",
-                       "media": {"track": "inbound", "payload": base64.b64encode(ulaw_encode(samples)).decode()}})
+                       "media": {"track": "inbound", "payload": base64.b64encode(encode(samples)).decode()}})
 
 
 async def test_the_twiml_points_the_call_at_the_stream_with_the_token():
@@ -119,7 +119,7 @@ class FarEnd:
                 break
             m = json.loads(msg.data)
             if m["event"] == "media":
-                self.buffer.append(("audio", ulaw_decode(base64.b64decode(m["media"]["payload"]))))
+                self.buffer.append(("audio", decode(base64.b64decode(m["media"]["payload"]))))
             elif m["event"] == "mark":
                 self.buffer.append(("mark", m["mark"]["name"]))
             elif m["event"] == "clear":
@@ -198,3 +198,24 @@ async def test_a_barge_in_clears_the_far_end_and_the_history_holds_what_was_play
     assert len(first.heard_text) <= played_chars + 8, (len(first.heard_text), played_chars, first.heard_text)
     assert len(first.heard_text) >= played_chars - 30, (len(first.heard_text), played_chars)
     assert session.turns.conversation.messages[1].text == first.heard_text
+
+
+async def test_keypad_digits_on_the_stream_become_one_user_turn():
+    stack = FakeStack()
+    typed: list[str] = []
+    async with served(stack) as url, ClientSession() as http:
+        async with http.ws_connect(f"{url}/phone/twilio") as ws:
+            await ws.send_str(start_msg())
+            await ws.send_str(media_msg(np.zeros(FRAME, np.float32)))
+            await asyncio.sleep(0.2)
+            stack.sessions[0].user_typed = lambda text: _record(typed, text)  # type: ignore[attr-defined]
+            for d in "4712#":
+                await ws.send_str(json.dumps({"event": "dtmf", "streamSid": "MZ1",
+                                              "dtmf": {"track": "inbound_track", "digit": d}}))
+            await ws.send_str(json.dumps({"event": "dtmf", "streamSid": "MZ1", "dtmf": {"digit": ""}}))
+            await asyncio.sleep(0.2)
+    assert typed == ["4712"]
+
+
+async def _record(into: list[str], text: str) -> None:
+    into.append(text)

@@ -25,6 +25,7 @@ from pipeline.audio import AudioFrame
 from pipeline.clock import RealClock
 from pipeline.mic_timeline import MicTimeline
 from pipeline.tasks import TaskSet
+from transport.g711 import encode, pcm_to_float
 from transport.pacing import FramePacer
 from transport.sip_media import (
     FRAME,
@@ -34,9 +35,7 @@ from transport.sip_media import (
     NoCodec,
     allowed,
     check_listen,
-    encode,
     negotiate,
-    pcm_to_float,
 )
 
 log = logging.getLogger(__name__)

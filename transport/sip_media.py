@@ -7,12 +7,9 @@ offered), the source allow-list, and float32 ⇄ μ-law/A-law through aiortp's c
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from dataclasses import dataclass
 
-import numpy as np
-from aiortp.codecs import get_codec
 from aiosipua import SdpMessage
 from aiosipua.sdp import MediaDescription
 from aiosipua.sdp_negotiate import SdpNegotiationError, negotiate_sdp
@@ -111,23 +108,3 @@ def negotiate(offer: SdpMessage, local_ip: str, rtp_port: int) -> tuple[SdpMessa
         raise NoCodec("the offer has no connection address (c=) for its audio")
     return answer, Media(pt, CODECS[pt], dtmf, (host, audio.port))
 
-
-# --- G.711 samples -------------------------------------------------------------------------------
-def encode(samples: np.ndarray, payload_type: int) -> bytes:
-    """float32 [-1, 1] at 8 kHz → μ-law (0) or A-law (8) bytes."""
-    pcm = np.clip(samples * 32768.0, -32768, 32767).astype("<i2").tobytes()
-    return _codec(payload_type).encode(pcm)
-
-
-def decode(payload: bytes, payload_type: int) -> np.ndarray:
-    """μ-law (0) or A-law (8) bytes → float32 [-1, 1] at 8 kHz."""
-    return pcm_to_float(_codec(payload_type).decode(payload))
-
-
-def pcm_to_float(pcm: bytes) -> np.ndarray:
-    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
-
-
-@functools.cache
-def _codec(payload_type: int):
-    return get_codec(payload_type)  # stateless lookup tables: one per payload type will do

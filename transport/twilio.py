@@ -3,7 +3,7 @@
 Point a number at `GET /phone/twilio/twiml?token=T` (TwiML: `<Connect><Stream>` to
 `wss://HOST/phone/twilio`, the token passed as a `<Parameter>`, since Stream URLs take no query
 string). Messages in: `connected`, `start` (streamSid, mediaFormat audio/x-mulaw 8000 Hz),
-`media` (base64 μ-law, 20 ms), `dtmf`, `mark`, `stop`; out: `media`, `mark`, `clear`.
+`media` (base64 μ-law, 20 ms; transport/g711.py), `dtmf`, `mark`, `stop`; out: `media`, `mark`, `clear`.
 
 What the caller heard is what the far end *played*, not what was sent: after every few frames a
 `mark` named with the playout's frame counter goes out, and the playout counts a frame heard only
@@ -32,8 +32,9 @@ from aiohttp import WSMsgType, web
 
 from pipeline.audio import AudioFrame
 from pipeline.clock import Clock, RealClock
-from pipeline.g711 import ulaw_decode, ulaw_encode
+from pipeline.dtmf import DigitCollector
 from pipeline.mic_timeline import MicTimeline
+from transport.g711 import decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,17 @@ class TwilioStream:
         self._session: StreamSession | None = None
         self._send_lock = asyncio.Lock()
         self.session_end: Callable[[], None] = lambda: None
+        self._keys = DigitCollector(self._typed)  # "4 7 1 2 #" → one user turn "4712"
+        self._typing: set[asyncio.Task] = set()
+
+    def _typed(self, digits: str) -> None:
+        typed = getattr(self._session, "user_typed", None)
+        if typed is None:
+            return
+        log.info("media stream %s: keypad entry %r", self.sid, digits)
+        task = asyncio.get_running_loop().create_task(typed(digits), name="keypad turn")
+        self._typing.add(task)
+        task.add_done_callback(self._typing.discard)
 
     async def run(self) -> None:
         """Read messages until `stop` or a close; one agent session from `start` to the end."""
@@ -117,6 +129,9 @@ class TwilioStream:
                 if self.closing:
                     break
         finally:
+            self._keys.close()
+            for t in list(self._typing):
+                t.cancel()
             self._frames.put_nowait(None) if not self._frames.full() else None
             if session_task is not None:
                 if self._session is not None:
@@ -151,9 +166,11 @@ class TwilioStream:
                 self._session.playout.confirm(int(name))
         elif event == "dtmf":
             digit = (msg.get("dtmf") or {}).get("digit")
-            if isinstance(digit, str) and digit:
+            if isinstance(digit, str) and len(digit) == 1 and digit in "0123456789*#ABCD":
                 self.dtmf.append(digit)
-                log.info("media stream %s: DTMF %s", self.sid, digit)
+                self._keys.press(digit)
+            else:
+                self._bad("a dtmf event with no digit")
         elif event == "stop":
             self.closing = "stop"
         elif event != "connected":
@@ -192,7 +209,7 @@ class TwilioStream:
             return
         t = self._timeline.stamp(len(data) / RATE)
         if t is not None and not self._frames.full():
-            self._frames.put_nowait(AudioFrame(ulaw_decode(data), RATE, t))
+            self._frames.put_nowait(AudioFrame(decode(data), RATE, t))
 
     def _bad(self, what: str) -> bool:
         self.bad_messages += 1
@@ -223,7 +240,7 @@ class TwilioStream:
         """The playout's sink: every frame goes out (silence too: the far end's clock needs audio)."""
         n = self._session.playout.frames_out - 1 if self._session is not None else 0
         await self._send({"event": "media", "media": {"payload": base64.b64encode(
-            ulaw_encode(np.asarray(frame.samples))).decode()}})
+            encode(np.asarray(frame.samples))).decode()}})
         if n % MARK_EVERY == MARK_EVERY - 1:
             await self._send({"event": "mark", "mark": {"name": str(n)}})
 
