@@ -134,6 +134,22 @@ def digit_tools(tools: ToolBox, messages: list[dict[str, Any]]) -> list[str] | N
     return allowed
 
 
+def digit_call(tools: ToolBox, messages: list[dict[str, Any]], min_digits: int = 3) -> str | None:
+    """The tool that must be called now: the caller's latest words hold a run of at least
+    `min_digits` digits and exactly one tool takes them (an order number, a ticket). Measured in the
+    order desk eval: with the choice left to it, the 0.5B answered "4 7 1 2" with "What's your order
+    number?" in a real call (greeting and history before it); a number the caller read out is what
+    the tool is for, and the parse of it is deterministic (agent/spoken.py)."""
+    needy = [t.name for t in tools if set(t.digit_params) & set(t.parameters["required"])]
+    if len(needy) != 1:
+        return None
+    from agent.spoken import digits
+
+    said = str(next((m["content"] for m in reversed(messages) if m.get("role") == "user"), ""))
+    run = digits(said)
+    return needy[0] if run and len(run) >= min_digits else None
+
+
 def fill_digits(call: ToolCall, tools: ToolBox, messages: list[dict[str, Any]]) -> ToolCall:
     """`Digits` arguments taken from the caller's own words where they said a digit run."""
     tool = tools.get(call.name)
@@ -167,11 +183,14 @@ def _known(name: str, arguments: Any, tools: ToolBox, id: str = "") -> ToolCall:
 
 
 async def decide(llm: Any, messages: list[dict[str, Any]], tools: ToolBox, mode: Mode,
-                 only: list[str] | None = None) -> AsyncIterator[str | Calling | ToolCall]:
+                 only: list[str] | None = None, must: str | None = None) -> AsyncIterator[str | Calling | ToolCall]:
     """Stream the reply's text deltas, or yield one `ToolCall` (and no text). A malformed call (the
     native API does not constrain) raises ToolError, which the reply turns into an apology.
-    `only`: the names of the tools that may be called now (`digit_tools`); None: all."""
+    `only`: the names of the tools that may be called now (`digit_tools`); None: all. `must`: the
+    tool that has to be called now (`digit_call`): the grammar has no prose branch."""
     had_tools = bool(tools)
+    if must is not None and tools.get(must) is not None:
+        only, tools = [must], ToolBox({must: tools.tools[must]})
     if only is not None:
         tools = ToolBox({name: t for name, t in tools.tools.items() if name in only})
     if not tools:
@@ -190,7 +209,8 @@ async def decide(llm: Any, messages: list[dict[str, Any]], tools: ToolBox, mode:
             yield delta
         return
     if mode == "native":
-        async for item in llm.stream(messages, tools=tools.specs()):
+        extra = {"tool_choice": {"type": "function", "function": {"name": must}}} if must else {}
+        async for item in llm.stream(messages, tools=tools.specs(), **extra):
             if isinstance(item, dict):
                 try:
                     arguments = json.loads(item["arguments"] or "{}")
@@ -204,7 +224,7 @@ async def decide(llm: Any, messages: list[dict[str, Any]], tools: ToolBox, mode:
     held: list[str] = []  # until the first visible character says which branch this is
     calling: bool | None = None
     announced = False
-    async for delta in llm.stream(messages, grammar=gbnf(tools)):
+    async for delta in llm.stream(messages, grammar=gbnf(tools, allow_answer=must is None)):
         if calling is None:
             held.append(delta)
             start = "".join(held).lstrip()

@@ -211,7 +211,7 @@ class OpenAICompatibleLLM:
 
     async def stream(
         self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
-        grammar: str | None = None,
+        grammar: str | None = None, tool_choice: dict[str, Any] | None = None,
     ) -> AsyncIterator[Any]:
         """Yield the reply's text deltas in order; raise LLMError on failure or a late first token.
 
@@ -232,6 +232,8 @@ class OpenAICompatibleLLM:
                     extra: dict[str, Any] = {}
                     if tools:
                         extra["tools"] = tools
+                        if tool_choice:
+                            extra["tool_choice"] = tool_choice
                     if grammar:
                         extra["extra_body"] = {"grammar": grammar}
                     response = await api.chat.completions.create(

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from agent.context import Conversation
-from agent.decide import Calling, Mode, decide, digit_tools
+from agent.decide import Calling, Mode, decide, digit_call, digit_tools
 from agent.llm import LLMError
 from agent.tools import ToolBox, ToolCall, ToolError, ToolResult
 from pipeline.clock import Clock
@@ -196,7 +196,8 @@ class Reply:
                 if self.script is not None:
                     source: AsyncIterator[str | Calling | ToolCall] = _said(self.script)
                 else:
-                    source = decide(o.llm, messages, o.tools, o.tool_mode, only=digit_tools(o.tools, messages))
+                    source = decide(o.llm, messages, o.tools, o.tool_mode, only=digit_tools(o.tools, messages),
+                                    must=digit_call(o.tools, messages))
                 filler_said = False
                 async for item in source:
                     if m.llm_first_token_at is None:

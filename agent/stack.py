@@ -92,6 +92,9 @@ class AgentStack:
         options = with_greeting(turn_options or self.config.turns, agent)
         mode = cast(Mode, self.config.llm.resolved_tool_mode())
         flow = agent.new_flow_state()  # where this call is in the agent's flow, if it has one
+        # the chit-chat example exchange teaches the plain assistant its style; beside tools it taught
+        # the 0.5B to answer in prose where a call was due (order desk eval: 2/5 with it)
+        primer = PRIMER if not agent.box else ()
         # interim passes while the user speaks, a speculative final at the pause when replies may start there
         transcriber = StreamingTranscriber(self.stt, clock, options.transcriber_options(self.config.transcriber))
         edge_event = on_event or (lambda e: None)
@@ -101,7 +104,7 @@ class AgentStack:
             edge_event(event)
 
         turns = TurnManager(
-            transcriber, self.llm, tts, playout, clock, Conversation(agent.system_prompt(mode, flow), PRIMER),
+            transcriber, self.llm, tts, playout, clock, Conversation(agent.system_prompt(mode, flow), primer),
             options=options, on_event=observed, tools=agent.box, tool_mode=mode, call=call,
             flow=flow, flow_prompt=lambda state: agent.system_prompt(mode, state),
         )

@@ -72,10 +72,14 @@ class ToolResult:
 
     def for_model(self) -> str:
         """How the result is shown to the LLM: one line it can answer from."""
-        args = ", ".join(f"{k}={v!r}" for k, v in self.call.arguments.items())
+        # worded as facts for the model, not as a line to copy: in a call the 0.5B read an earlier
+        # "The tool lookup_order(...) returned: ..." note aloud, with a made-up result
         if self.ok:
-            return f"The tool {self.call.name}({args}) returned: {json.dumps(self.result, default=str)}"
-        return f"The tool {self.call.name}({args}) failed. Say you could not do it right now; do not make anything up."
+            shown = {k: v for k, v in self.result.items() if k not in ("say", "hang_up", "next")} \
+                if isinstance(self.result, dict) else self.result
+            facts = json.dumps(shown, default=str)
+            return f"Facts from {self.call.name} (for you; say them in your own words): {facts}"
+        return f"{self.call.name} could not be done. Say so briefly; do not make anything up."
 
 
 @dataclass

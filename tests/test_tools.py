@@ -135,7 +135,8 @@ async def test_a_lookup_says_the_filler_runs_the_tool_and_answers_from_its_resul
                         "duration_ms": m.tools[0]["duration_ms"]}]
     first, second = rig.llm.options
     assert "grammar" in first and "lookup_order" in first["grammar"] and second == {}
-    assert "returned" in rig.llm.requests[1][-1]["content"] and "shipped" in rig.llm.requests[1][-1]["content"]
+    note = rig.llm.requests[1][-1]["content"]
+    assert "Facts from lookup_order" in note and "shipped" in note
     roles = [(x.role, x.text[:20]) for x in rig.turns.conversation.messages]
     assert [r for r, _ in roles] == ["user", "tool", "assistant"]
     assert [e["state"] for e in rig.events if e["type"] == "tool"] == ["started", "done"]
@@ -248,3 +249,17 @@ async def test_with_no_tool_to_offer_the_reply_is_held_to_prose_and_json_text_is
     async with Rig(["do you sell helmets"], ["Yes."], tools=ToolBox.of([lookup_order])) as rig:
         await _call(rig)
     assert rig.llm.options[0]["grammar"].startswith("root ::= answer\n")
+
+
+async def test_a_number_the_caller_read_out_must_go_to_the_tool_that_takes_it():
+    """Three or more digits and one tool that takes digits: the grammar has no prose branch, so the
+    model cannot answer "What's your order number?" to a caller who just said it."""
+    call = '{"name": "lookup_order", "arguments": {"order_id": "4712"}}'
+    async with Rig(["my order is four seven one two"], [call, "It shipped."],
+                   tools=ToolBox.of([lookup_order, END_CALL])) as rig:
+        await _call(rig)
+    grammar = rig.llm.options[0]["grammar"]
+    assert grammar.startswith("root ::= call\n") and "end_call" not in grammar
+    async with Rig(["I have 3 bikes"], ["Nice."], tools=ToolBox.of([lookup_order, END_CALL])) as rig:
+        await _call(rig)
+    assert "grammar" not in rig.llm.options[0] or rig.llm.options[0]["grammar"].startswith("root ::= answer")
