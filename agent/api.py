@@ -66,15 +66,23 @@ class Agent:
         return self._box
 
     def system_prompt(self, mode: Mode, state: FlowState | None = None) -> str:
-        """What the model is told: the instructions, the spoken style, the step of the flow it is at
-        (`state`), and the tools it may use there."""
+        """What the model is told first: the instructions, the spoken style, and every tool. It stays
+        the same for the whole call (the server's prompt cache keeps it and the history read); the
+        step of a flow goes at the end of the prompt instead (`step_note`)."""
         if not self.instructions:  # the default conversational agent, with its own wording
             base = SPEECH_SYSTEM_PROMPT
         else:
             base = f"{self.instructions.strip()}\n{SPEECH_STYLE}"
-        if state is not None:
-            return f"{base}\nNow: {state.node.instructions}" + (tools_prompt(state.tools, mode) if state.tools else "")
         return base + (tools_prompt(self.box, mode) if self.box else "")
+
+    @staticmethod
+    def step_note(state: FlowState | None) -> str | None:
+        """The flow step the call is at, told last (changing it re-reads nothing before it: measured,
+        a step in the system prompt made the next turn's first token 4.8 s on 2 cores)."""
+        if state is None:
+            return None
+        tools = ", ".join(state.node.tools) or "none"
+        return f"Now: {state.node.instructions} (Tools for this step: {tools}.)"
 
     def new_flow_state(self) -> FlowState | None:
         return FlowState(self.flow, self.box) if isinstance(self.flow, Flow) else None

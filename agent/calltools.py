@@ -23,6 +23,11 @@ TRANSFER_CUES = ("human", "person", "agent", "operator", "representative", "some
 GOODBYE_CUES = ("bye", "that's all", "that is all", "that's it", "that's everything", "nothing else",
                 "no more questions", "have a nice day", "have a good day", "hang up", "we're done",
                 "i'm done", "all set")
+# Said, these end the decision: the call is transferred / ended without asking the model
+TRANSFER_DECISIVE = ("human", "operator", "representative", "real person", "a person", "someone real",
+                     "customer service", "speak to somebody", "talk to somebody", "speak to someone",
+                     "talk to someone")
+GOODBYE_DECISIVE = ("bye", "goodbye", "hang up")
 
 
 async def end_call(call: Call) -> dict[str, Any]:
@@ -44,7 +49,7 @@ def transfer_to(target: str, *, name: str = "transfer_to_human",
         return {"transferred": False, "reason": "nobody could take the call"}
 
     transfer.__doc__ = description
-    return Tool.from_function(transfer, name=name, filler=None, cues=TRANSFER_CUES)
+    return Tool.from_function(transfer, name=name, filler=None, cues=TRANSFER_CUES, decisive=TRANSFER_DECISIVE)
 
 
 async def send_dtmf(digits: str, call: Call) -> dict[str, Any]:
@@ -61,5 +66,5 @@ async def send_dtmf(digits: str, call: Call) -> dict[str, Any]:
     return {"sent": keys}
 
 
-END_CALL = Tool.from_function(end_call, filler=None, cues=GOODBYE_CUES)
+END_CALL = Tool.from_function(end_call, filler=None, cues=GOODBYE_CUES, decisive=GOODBYE_DECISIVE)
 SEND_DTMF = Tool.from_function(send_dtmf, filler=None)

@@ -31,6 +31,7 @@ class Conversation:
     system_prompt: str
     primer: tuple[dict[str, str], ...] = ()  # example exchange shown before the real history
     max_messages: int = 24  # keeps the prompt (and the first-token time) bounded
+    step: str | None = None  # a flow's current step, told after the history (agent/flows.py)
     messages: list[Message] = field(default_factory=list)
 
     def add_user(self, text: str) -> None:
@@ -66,6 +67,8 @@ class Conversation:
                 # see in their own turns (measured: they repeated an inline "[interrupted…]" tag,
                 # and a trailing "…" made Qwen 0.5B end its next replies mid-sentence with one)
                 out.append({"role": "system", "content": INTERRUPTED_NOTE if m.text else INTERRUPTED_EARLY})
+        if self.step:
+            out.append({"role": "system", "content": self.step})
         return out
 
 

@@ -135,17 +135,22 @@ def digit_tools(tools: ToolBox, messages: list[dict[str, Any]]) -> list[str] | N
 
 
 def digit_call(tools: ToolBox, messages: list[dict[str, Any]], min_digits: int = 3) -> str | None:
-    """The tool that must be called now: the caller's latest words hold a run of at least
+    """The tool that must be called now: one of its `decisive` words was said ("goodbye",
+    "operator"), or the caller's latest words hold a run of at least
     `min_digits` digits and exactly one tool takes them (an order number, a ticket). Measured in the
     order desk eval: with the choice left to it, the 0.5B answered "4 7 1 2" with "What's your order
     number?" in a real call (greeting and history before it); a number the caller read out is what
     the tool is for, and the parse of it is deterministic (agent/spoken.py)."""
+    said = str(next((m["content"] for m in reversed(messages) if m.get("role") == "user"), ""))
+    words = " " + re.sub(r"[^a-z' ]+", " ", said.lower()) + " "
+    for t in tools:  # decisive words first: "bye" after an order number still ends the call
+        if t.decisive and not t.parameters["required"] and any(f" {w} " in words for w in t.decisive):
+            return t.name
     needy = [t.name for t in tools if set(t.digit_params) & set(t.parameters["required"])]
     if len(needy) != 1:
         return None
     from agent.spoken import digits
 
-    said = str(next((m["content"] for m in reversed(messages) if m.get("role") == "user"), ""))
     run = digits(said)
     return needy[0] if run and len(run) >= min_digits else None
 

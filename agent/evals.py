@@ -143,6 +143,7 @@ async def run_eval(config: AgentConfig, path: str | Path, progress: Callable[[st
                 "heard": [(t["user_text"], t["heard_text"]) for t in doc["turns"]],
                 "tools": [c for t in doc["turns"] for c in t.get("tools", [])],
                 "call": doc["summary"].get("call"), "voice_to_voice_ms": summary(v2v),
+                "timings_ms": [t["timings_ms"] for t in doc["turns"]],
             })
             progress(f"{'PASS' if not problems else 'FAIL'} {sc.name}" + "".join(f"\n    {p}" for p in problems))
     passed = sum(s["passed"] for s in report["scenarios"])

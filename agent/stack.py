@@ -104,9 +104,10 @@ class AgentStack:
             edge_event(event)
 
         turns = TurnManager(
-            transcriber, self.llm, tts, playout, clock, Conversation(agent.system_prompt(mode, flow), primer),
+            transcriber, self.llm, tts, playout, clock,
+            Conversation(agent.system_prompt(mode), primer, step=agent.step_note(flow)),
             options=options, on_event=observed, tools=agent.box, tool_mode=mode, call=call,
-            flow=flow, flow_prompt=lambda state: agent.system_prompt(mode, state),
+            flow=flow, flow_prompt=lambda state: agent.step_note(state) or "",
         )
         segmenter = VADSegmenter(self.config.vad, SileroVAD())
         self.metrics.call_started()

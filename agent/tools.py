@@ -98,10 +98,13 @@ class Tool:
     # Words of the caller that make this tool plausible ("human", "operator"); when given, the tool
     # is offered to the model only in a turn whose words contain one (agent/decide.py `offered`)
     cues: tuple[str, ...] = ()
+    # Words that settle it: said, the tool is called without asking the model (a caller who says
+    # "goodbye" or asks for an operator is not left to a 0.5B's whim; order desk eval)
+    decisive: tuple[str, ...] = ()
 
     @classmethod
     def from_function(cls, fn: Callable[..., Any], *, name: str | None = None, filler: str | None | object = ...,
-                      timeout_s: float = 5.0, cues: Sequence[str] = ()) -> Tool:
+                      timeout_s: float = 5.0, cues: Sequence[str] = (), decisive: Sequence[str] = ()) -> Tool:
         """Describe `fn` from its signature and docstring. A missing hint or docstring is an error
         at definition time (the model needs both), not a confusing call at run time."""
         label = name or fn.__name__
@@ -137,6 +140,7 @@ class Tool:
         params = {"type": "object", "properties": props, "required": required, "additionalProperties": False}
         kw: dict[str, Any] = {} if filler is ... else {"filler": filler}
         return cls(fn, label, description, params, call_param, timeout_s=timeout_s, cues=tuple(cues),
+                   decisive=tuple(decisive),
                    digit_params=tuple(digit_params), **kw)
 
     def spec(self) -> dict[str, Any]:

@@ -147,8 +147,8 @@ class TurnManager:
         # what a reply may do besides talking (agent/tools.py), how the LLM is asked to choose
         # (agent/decide.py), and the call it acts on (set by the edge; None: a call with no controls)
         self._tools, self.tool_mode, self.call = tools or ToolBox(), tool_mode, call
-        # a call flow (agent/flows.py): the node decides the tools; `prompt` renders the system
-        # prompt for the node the call is at
+        # a call flow (agent/flows.py): the node decides the tools; `flow_prompt` renders the note
+        # on the step the call is at (told after the history, `Conversation.step`)
         self.flow, self._flow_prompt = flow, flow_prompt
         self.options = options or TurnOptions()
         # interim transcripts while the user speaks, and (preemptive) a final started speculatively
@@ -181,7 +181,7 @@ class TurnManager:
         if self.flow is None or (node := self.flow.after(result)) is None:
             return
         if self._flow_prompt is not None:
-            self.conversation.system_prompt = self._flow_prompt(self.flow)
+            self.conversation.step = self._flow_prompt(self.flow)
         self.on_event({"type": "flow", "node": node, "after": result.call.name})
 
     @property

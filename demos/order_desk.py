@@ -58,9 +58,14 @@ async def lookup_order(order_id: Digits, call: Call) -> dict:
         if misses >= 2 and call is not None and await call.transfer(TEAM):
             return {"say": "I still can't find that order, so I'm passing you to a colleague. Please hold.",
                     "hang_up": True}
-        return {"found": False, "order_id": order_id, "hint": "ask the caller to repeat the number"}
+        return {"found": False, "order_id": order_id,
+                "say": f"I couldn't find order {' '.join(order_id)}. Could you say the number again, digit by digit?"}
     status, delivery, item = row
-    return {"found": True, "order_id": order_id, "item": item, "status": status, "delivery": delivery}
+    # the answer is made from the row itself, so no word of it can be invented; the model only
+    # decides when to look (an LLM-phrased answer is what a tool without "say" gets)
+    when = "arrived" if status == "delivered" else "should arrive"
+    return {"found": True, "order_id": order_id, "item": item, "status": status, "delivery": delivery,
+            "say": f"Order {' '.join(order_id)}, {item}, is {status}; it {when} {delivery}. Anything else?"}
 
 
 agent = Agent(

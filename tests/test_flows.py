@@ -77,17 +77,18 @@ async def test_a_tool_call_moves_the_call_to_the_next_node_and_the_next_turn_is_
     assert state is not None
     call = '{"name": "lookup_order", "arguments": {"order_id": "4712"}}'
     async with Rig(["order four seven one two", "okay bye"], [call, "It shipped.", "Bye."],
-                   tools=agent.box, flow=state, flow_prompt=lambda s: agent.system_prompt("grammar", s)) as rig:
-        rig.turns.conversation.system_prompt = agent.system_prompt("grammar", state)
-        assert "Ask for the order number." in rig.turns.conversation.system_prompt
+                   tools=agent.box, flow=state, flow_prompt=Agent.step_note) as rig:
+        rig.turns.conversation.step = Agent.step_note(state)
         await rig.user_says()
         await rig.turns.wait_reply()
         assert state.node.name == "found" and set(rig.turns.tools.tools) == {"end_call"}
         await rig.user_says()
         await rig.turns.wait_reply()
-    prompt = rig.llm.requests[-1][0]["content"]
-    assert "Tell the caller the status." in prompt and "Ask for the order number." not in prompt
-    assert "end_call(" in prompt and "lookup_order(" not in prompt
+    first, last = rig.llm.requests[0], rig.llm.requests[-1]
+    assert first[0] == last[0], "the system prompt changed: the server would re-read the whole prompt"
+    assert "Ask for the order number." in first[-1]["content"]
+    assert "Tell the caller the status." in last[-1]["content"] and "end_call" in last[-1]["content"]
+    assert "lookup_order" not in rig.llm.options[-1].get("grammar", "")  # the step's tools only
     assert [e["node"] for e in rig.events if e["type"] == "flow"] == ["found"]
 
 

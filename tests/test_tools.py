@@ -263,3 +263,12 @@ async def test_a_number_the_caller_read_out_must_go_to_the_tool_that_takes_it():
     async with Rig(["I have 3 bikes"], ["Nice."], tools=ToolBox.of([lookup_order, END_CALL])) as rig:
         await _call(rig)
     assert "grammar" not in rig.llm.options[0] or rig.llm.options[0]["grammar"].startswith("root ::= answer")
+
+
+async def test_decisive_words_call_the_tool_without_asking_the_model():
+    """"bye" ends the call and "operator" transfers it whatever the model would have said."""
+    async with Rig(["okay thanks bye"], ['{"name": "end_call", "arguments": {}}'],
+                   tools=ToolBox.of([lookup_order, END_CALL, transfer_to("desk")]), call=RecordedCall()) as rig:
+        await _call(rig)
+    assert rig.llm.options[0]["grammar"].startswith("root ::= call\n") and "end_call" in rig.llm.options[0]["grammar"]
+    assert "transfer_to_human" not in rig.llm.options[0]["grammar"]
