@@ -105,6 +105,11 @@ def _agent(ctx: click.Context, spec: str | None):
         _fail(str(exc))
 
 
+record_option = click.option(
+    "--record-dir", type=click.Path(file_okay=False, path_type=Path),
+    help="Record every call here: a stereo WAV (caller left, agent right) and a JSON transcript. Off by default.")
+
+
 def _overrides(stt_model=None, stt_url=None, llm_url=None, llm_model=None, voice=None, rate=None,
                agent_spec=None) -> dict:
     return {"stt.model": stt_model, "stt.url": stt_url, "llm.url": llm_url, "llm.model": llm_model,
@@ -156,9 +161,10 @@ def converse(ctx, inputs, out, json_path, fast, gap, interrupt_after, echo_db, e
 @click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="TLS private key (PEM) for HTTPS.")
 @click.option("--max-sessions", type=int, default=1, show_default=True,
               help="Concurrent calls; beyond it 503 'busy'. 1 is what 2 cores serve well (README: Reliability).")
+@record_option
 @model_options
 @click.pass_context
-def serve(ctx, host, port, ice_servers, token, allow_hosts, cert, key, max_sessions, **models) -> None:
+def serve(ctx, host, port, ice_servers, token, allow_hosts, cert, key, max_sessions, record_dir, **models) -> None:
     """Talk to the agent in a browser over WebRTC: loads the models, then prints the URL."""
     from transport.server import ServeOptions, bind_socket
     from transport.server import serve as run_server
@@ -177,7 +183,7 @@ def serve(ctx, host, port, ice_servers, token, allow_hosts, cert, key, max_sessi
     from agent.stack import load_stack
 
     async def go():
-        async with load_stack(cfg, _progress, agent=agent) as stack:
+        async with load_stack(cfg, _progress, agent=agent, record_dir=record_dir) as stack:
             try:
                 await run_server(stack, opts, announce=click.echo, sock=sock)
             except OSError as exc:
@@ -193,9 +199,10 @@ def serve(ctx, host, port, ice_servers, token, allow_hosts, cert, key, max_sessi
 @click.option("--input-device", help="Microphone: index or name (see --list-devices). Default: the system's.")
 @click.option("--output-device", help="Speaker: index or name. Default: the system's.")
 @click.option("--list-devices", is_flag=True, help="List audio devices and exit.")
+@record_option
 @model_options
 @click.pass_context
-def talk(ctx, input_device, output_device, list_devices, **models) -> None:
+def talk(ctx, input_device, output_device, list_devices, record_dir, **models) -> None:
     """Talk to the agent on this computer's microphone and speaker (no browser)."""
     from agent.talk import talk as run_talk
     from transport.devices import DeviceError
@@ -209,6 +216,7 @@ def talk(ctx, input_device, output_device, list_devices, **models) -> None:
         cfg = _config(ctx, **_overrides(**models))
         agent = _agent(ctx, models.get("agent_spec"))
         _run(run_talk(cfg, as_device(input_device), as_device(output_device), progress=_progress, say=click.echo,
+                      record_dir=record_dir,
                       agent=agent))
     except DeviceError as exc:
         _fail(str(exc))
@@ -480,9 +488,10 @@ def chat_bench(ctx, repeat, json_path, **models) -> None:
 @click.option("--allow", "allow", multiple=True, metavar="NET",
               help="Source addresses or networks that may call (e.g. your PBX, 192.0.2.0/24); repeatable. "
                    "Default: loopback only. Everyone else gets no answer at all.")
+@record_option
 @model_options
 @click.pass_context
-def sip(ctx, listen, max_calls, allow, **models) -> None:
+def sip(ctx, listen, max_calls, allow, record_dir, **models) -> None:
     """Answer phone calls over SIP (UDP; G.711 audio, RFC 4733 keypad digits, BYE, REFER transfers)."""
     from agent.phone import sip as run_sip
     from agent.phone import sip_options
@@ -494,7 +503,7 @@ def sip(ctx, listen, max_calls, allow, **models) -> None:
     cfg = _config(ctx, **_overrides(**models))
     agent = _agent(ctx, models.get("agent_spec"))
     try:
-        _run(run_sip(cfg, listen, max_calls, list(allow), agent=agent, progress=_progress))
+        _run(run_sip(cfg, listen, max_calls, list(allow), agent=agent, progress=_progress, record_dir=record_dir))
     except OSError as exc:
         _fail(f"could not listen on udp {listen}: {exc}")
 

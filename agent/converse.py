@@ -20,7 +20,7 @@ from agent.config import AgentConfig
 from agent.recorded_call import RecordedCall
 from agent.stack import AgentStack, load_stack
 from pipeline.audio import read_audio
-from pipeline.clock import RealClock, VirtualClock
+from pipeline.clock import Clock, RealClock, VirtualClock
 from transport.files import EchoPath, ScriptedMicrophone, TimelineRecorder
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,12 @@ async def converse_on(
     echo_delay_ms: float = 100.0,
     notes: list[str] | None = None,
     call: RecordedCall | None = None,
+    clock: Clock | None = None,
 ) -> dict:
     """One conversation of user turns (audio, rate) on a loaded stack (its agent); the metrics document."""
     config = stack.config
     notes = list(notes or [])
-    clock = VirtualClock() if fast else RealClock()
+    clock = clock or (VirtualClock() if fast else RealClock())
     recorder = TimelineRecorder()
     echo = EchoPath(echo_db, echo_delay_ms) if echo_db is not None else None
 

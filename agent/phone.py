@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from agent.api import Agent
@@ -44,11 +45,12 @@ async def run_call(stack: Any, call: SipCall, on_event: Callable[[dict], None] |
 
 
 async def sip(config, listen: str = "127.0.0.1:5060", max_calls: int = 1, allow: list[str] | None = None,
-              agent: Agent | None = None, progress: Callable[[str], None] = print) -> None:
+              agent: Agent | None = None, progress: Callable[[str], None] = print,
+              record_dir: Path | None = None) -> None:
     """Answer SIP calls on `listen` (HOST:PORT, UDP) until cancelled: the models load once, each call
     gets its own session. Raises ValueError for an unsafe or malformed address before anything loads."""
     options = sip_options(listen, max_calls, allow or [])
-    async with load_stack(config, progress, agent=agent) as stack:
+    async with load_stack(config, progress, agent=agent, record_dir=record_dir) as stack:
         server = SipServer(lambda call: run_call(stack, call), options)
         await server.start()
         progress(f"answering SIP calls on udp {options.host}:{server.local_addr[1]} "

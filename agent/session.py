@@ -36,12 +36,14 @@ class Session:
     def __init__(
         self, segmenter: VADSegmenter, turns: TurnManager, playout: Playout, clock: Clock,
         echo: EchoCanceller | None = None, on_closed: Callable[[], None] | None = None,
+        tap: Callable[[AudioFrame], None] | None = None,
     ) -> None:
         self.segmenter, self.turns, self.playout, self.clock = segmenter, turns, playout, clock
         self.echo = echo  # fed the played audio by the playout's sink (see AgentStack.new_session)
         self.bad_samples = 0
         self.hung_up = False  # the agent ended the call (end_call): the input stops, no new turn starts
         self.on_closed = on_closed  # told once when run() ends (the stack's metrics count calls)
+        self.tap = tap  # sees each microphone frame as it came in (a call recording's caller channel)
 
     async def user_typed(self, text: str) -> None:
         """A user turn that came as text (keypad digits from a phone edge): see `TurnManager.user_typed`."""
@@ -63,6 +65,8 @@ class Session:
                     if bad:
                         self.bad_samples += bad
                         frame = AudioFrame(clean, frame.sample_rate, frame.timestamp)
+                    if self.tap is not None:
+                        self.tap(frame)
                     if self.echo is not None:
                         frame = self.echo.process(frame)
                     self.segmenter.set_min_speech_ms(self.turns.min_speech_ms(self.segmenter.options.min_speech_ms))

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 from agent.api import Agent, with_greeting
@@ -23,6 +24,7 @@ from agent.llm_server import EmbeddedLLMServer
 from agent.llm_supervisor import LLMSupervisor, SupervisorOptions
 from agent.metrics import Metrics
 from agent.prompts import PRIMER, SPEECH_SYSTEM_PROMPT
+from agent.recording import CallRecorder
 from agent.session import Session
 from agent.turns import TurnManager, TurnOptions
 from pipeline.clock import Clock
@@ -50,6 +52,7 @@ class AgentStack:
     llm_supervisor: LLMSupervisor | None = None  # None: an unwatched LLM, always reported up
     agent: Agent | None = None  # what every session runs (`--agent FILE.py:NAME`); None: the plain assistant
     metrics: Metrics = field(default_factory=Metrics)  # Prometheus, fed by every session's events
+    record_dir: Path | None = None  # `--record-dir`: each call as a stereo WAV + JSON (agent/recording.py)
 
     def observe(self, event: dict) -> None:
         """An event from an edge (the browser's own voice-to-voice figure) for the metrics."""
@@ -77,13 +80,18 @@ class AgentStack:
     def new_session(
         self, clock: Clock, sink: Sink, output_rate: int = 24_000, on_event: Callable[[dict], None] | None = None,
         turn_options: TurnOptions | None = None, call: CallControl | None = None, agent: Agent | None = None,
+        edge: str = "call",
     ) -> Session:
         """One conversation's stages, wired: echo → VAD → transcriber → turn manager → TTS → playout → `sink`."""
         echo = EchoCanceller(self.config.echo) if self.config.echo_cancel else None
 
+        recorder = CallRecorder(self.record_dir, edge) if self.record_dir is not None else None
+
         def sink_and_reference(frame):
             if echo is not None:
                 echo.played(frame)  # what the user's speaker is about to play: the echo reference
+            if recorder is not None:
+                recorder.agent(frame)
             return sink(frame)
 
         playout = Playout(clock, sink_and_reference, sample_rate=output_rate)
@@ -111,13 +119,24 @@ class AgentStack:
         )
         segmenter = VADSegmenter(self.config.vad, SileroVAD())
         self.metrics.call_started()
-        return Session(segmenter, turns, playout, clock, echo, on_closed=self.metrics.call_ended)
+
+        def closed() -> None:
+            self.metrics.call_ended()
+            if recorder is not None:
+                try:
+                    recorder.close(turns.turns, turns.conversation.messages, call)
+                except OSError as exc:  # a full disk must not take the server down with the call
+                    log.error("could not write the recording %s: %s", recorder.base, exc)
+
+        return Session(segmenter, turns, playout, clock, echo, on_closed=closed,
+                       tap=recorder.user if recorder is not None else None)
 
 
 @contextlib.asynccontextmanager
 async def load_stack(
     config: AgentConfig, progress: Callable[[str], None] = lambda s: None,
     supervisor_options: SupervisorOptions | None = None, agent: Agent | None = None,
+    record_dir: Path | None = None,
 ):
     """Load models and reach (or start) the LLM. Fails fast with a clear message on any of them.
 
@@ -158,7 +177,8 @@ async def load_stack(
         await llm.check()
         times["llm_s"] = time.perf_counter() - t
         progress("ready.")
-        yield AgentStack(config, stt, tts, llm, load_times=times, llm_supervisor=supervisor, agent=agent)
+        yield AgentStack(config, stt, tts, llm, load_times=times, llm_supervisor=supervisor, agent=agent,
+                         record_dir=record_dir)
 
 
 async def _cancel(task: asyncio.Task) -> None:

@@ -238,7 +238,9 @@ async def _client_config(request: web.Request) -> web.Response:
         s = parse_ice_server(spec)
         servers.append({k: v for k, v in (("urls", s.urls), ("username", s.username), ("credential", s.credential))
                         if v is not None})
-    return web.json_response({"iceServers": servers})
+    # the page tells the caller when calls are recorded (`--record-dir`)
+    recording = getattr(request.app[STACK], "record_dir", None) is not None
+    return web.json_response({"iceServers": servers, "recording": recording})
 
 
 async def _offer(request: web.Request) -> web.Response:

@@ -91,6 +91,7 @@ async function connect() {
     if (params.get("token")) headers.Authorization = "Bearer " + params.get("token");
     const config = await fetch("/config", {headers}).then((r) => (r.ok ? r.json() : {iceServers: []}));
     pc = new RTCPeerConnection({iceServers: config.iceServers || []}); // the server's --ice-server list
+    if (config.recording) notice("This call is recorded (audio and transcript) by the server.");
     localStream.getAudioTracks().forEach((t) => pc.addTrack(t, localStream));
     channel = pc.createDataChannel("events");
     channel.onmessage = (e) => onEvent(JSON.parse(e.data));
