@@ -37,6 +37,7 @@ from tts.cache import PhraseCache
 from tts.engines import load_tts
 from tts.playout import Playout, Sink
 from tts.stream import StreamingTTS
+from tts.text import PhraseSplitter
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,14 @@ async def load_stack(
         progress(f"loading the voice ({config.tts.voice})…")
         tts = await asyncio.to_thread(load_tts, config.tts)
         times["tts_s"] = time.perf_counter() - t
+        cache = PhraseCache()
+        greeting = (agent.greeting if agent is not None else None) or config.turns.greeting
+        if greeting:  # ready before the first call is answered: its first audio is a cache hit
+            t = time.perf_counter()
+            splitter = PhraseSplitter(config.turns.first_phrase_min_words, config.turns.first_phrase_max_words)
+            await StreamingTTS(tts, cache, chunk_ms=config.tts.chunk_ms).warm([*splitter.push(greeting),
+                                                                                *splitter.flush()])
+            times["greeting_s"] = time.perf_counter() - t
         t = time.perf_counter()
         await llm_start
         llm = OpenAICompatibleLLM(config.llm, endpoint=supervisor, prefill=not config.llm.base_url)
@@ -177,8 +186,8 @@ async def load_stack(
         await llm.check()
         times["llm_s"] = time.perf_counter() - t
         progress("ready.")
-        yield AgentStack(config, stt, tts, llm, load_times=times, llm_supervisor=supervisor, agent=agent,
-                         record_dir=record_dir)
+        yield AgentStack(config, stt, tts, llm, cache=cache, load_times=times, llm_supervisor=supervisor,
+                         agent=agent, record_dir=record_dir)
 
 
 async def _cancel(task: asyncio.Task) -> None:

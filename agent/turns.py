@@ -374,7 +374,7 @@ class TurnManager:
         it, the history keeps what was heard), whose words come from the options, not the LLM."""
         if not self.options.greeting:
             return
-        m = TurnMetrics(index=len(self.turns))
+        m = TurnMetrics(index=len(self.turns), call_answered_at=self.clock.now())
         self.turns.append(m)
         self._set_state(State.THINKING)
         self._reply = Reply(self, m, name="greeting", script=self.options.greeting)

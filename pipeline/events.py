@@ -80,6 +80,7 @@ class TurnMetrics:
     barge_in_at: float | None = None  # onset of the user speech that interrupted this reply
     tts: dict = field(default_factory=dict)
     tools: list[dict] = field(default_factory=list)  # tool calls of this reply: name, arguments, ok, result
+    call_answered_at: float | None = None  # the greeting turn: when the session (the call) started
 
     def timings_ms(self) -> dict[str, float | None]:
         def d(a: float | None, b: float | None) -> float | None:
@@ -94,6 +95,7 @@ class TurnMetrics:
             "playout": d(self.tts_first_chunk_at, self.first_audio_played_at),
             "voice_to_voice": d(self.user_last_voiced, self.first_audio_played_at),
             "barge_in_to_silence": d(self.barge_in_at, self.agent_stopped_at) if self.barge_in_at else None,
+            "answer_to_first_audio": d(self.call_answered_at, self.first_audio_played_at),
         }
 
     def as_dict(self) -> dict:

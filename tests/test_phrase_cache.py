@@ -75,3 +75,19 @@ def test_max_samples_zero_turns_the_cache_off():
     cache = PhraseCache(max_samples=0)
     cache.put(("x",), np.ones(10, np.float32))
     assert cache.get(("x",)) is None and len(cache) == 0 and cache.held_bytes == 0
+
+
+async def test_a_warmed_greeting_is_a_cache_hit_on_every_call_however_much_else_is_said():
+    """`StreamingTTS.warm` (what `load_stack` does with the agent's greeting before any call) puts it
+    in the kept segment: the first call's greeting is already a hit, and one-off replies never push
+    it out."""
+    cache = PhraseCache(max_samples=16_000 * 20)
+    tts = StreamingTTS(FakeTTSEngine(), cache=cache)
+    await tts.warm(["Hello, thanks for calling the order desk."])
+    rng = random.Random(3)
+    hits = []
+    for _ in range(10):
+        hits.append(await _speak(tts, "Hello, thanks for calling the order desk."))
+        for _ in range(5):
+            await _speak(tts, _reply(rng))
+    assert all(hits), hits

@@ -51,13 +51,15 @@ class PhraseCache:
         self.hits += 1
         return audio
 
-    def put(self, key: tuple, audio: np.ndarray) -> None:
+    def put(self, key: tuple, audio: np.ndarray, keep: bool = False) -> None:
+        """Hold a phrase's audio; `keep`: straight into the kept segment (a greeting made before any
+        call, which every call asks for)."""
         if len(audio) > self.trial_samples or key in self._trial or key in self._kept:
             return
         audio = audio.copy()
         audio.setflags(write=False)
-        if key in self._ghosts:  # made before and asked for again: keep it
-            del self._ghosts[key]
+        if keep or key in self._ghosts:  # made before and asked for again (or known to be): keep it
+            self._ghosts.pop(key, None)
             self._keep(key, audio)
             return
         self._trial[key] = audio

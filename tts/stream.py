@@ -65,6 +65,7 @@ class StreamingTTS:
     ) -> None:
         self.engine = engine
         self.cache = cache if cache is not None else PhraseCache()
+        self._warming = False  # `warm`: what is synthesized now goes straight into the kept cache
         self.chunk_samples = engine.sample_rate * chunk_ms // 1000
         self.first_chunk_samples = engine.sample_rate * (first_chunk_ms or chunk_ms) // 1000
         self._working = working  # clock.working, so a virtual clock knows synthesis is real work
@@ -96,6 +97,22 @@ class StreamingTTS:
         """The live metrics of a request in progress (None once it has ended)."""
         req = self._active.get(request_id)
         return req.metrics if req else None
+
+    async def warm(self, phrases: list[str]) -> None:
+        """Synthesize `phrases` into the cache, kept, so that saying them later (a greeting, an IVR
+        prompt) starts with no synthesis. Give the phrases as the reply will cut them."""
+
+        async def source() -> AsyncIterator[str]:
+            for p in phrases:
+                yield p
+
+        self._warming = True
+        try:
+            async with contextlib.aclosing(self.stream_phrases(source())) as chunks:
+                async for _ in chunks:
+                    pass
+        finally:
+            self._warming = False
 
     async def speak(self, text: str, request_id: str | None = None) -> AsyncGenerator[AudioChunk, None]:
         """Full text in: split into phrases (first one short), then stream."""
@@ -236,7 +253,7 @@ class StreamingTTS:
                     if last:
                         break
                 if source is None and kept:
-                    self.cache.put(key, np.concatenate(kept))
+                    self.cache.put(key, np.concatenate(kept), keep=self._warming)
             self._check(req)
             req.finished = True
             yield AudioChunk(rid, self.voice_id, index, offset, np.zeros(0, np.float32), self.engine.sample_rate,
