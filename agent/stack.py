@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
+
+import numpy as np
 
 from agent.api import Agent, with_greeting
 from agent.config import AgentConfig
@@ -27,6 +31,7 @@ from agent.prompts import PRIMER, SPEECH_SYSTEM_PROMPT
 from agent.recording import CallRecorder
 from agent.session import Session
 from agent.turns import TurnManager, TurnOptions
+from pipeline.audio import STT_RATE, resample
 from pipeline.clock import Clock
 from pipeline.stages import CallControl, STTEngine, TTSEngine
 from stt.echo import EchoCanceller
@@ -77,6 +82,34 @@ class AgentStack:
         else:
             llm = {"state": "up", "restarts": 0, "last_error": None, "url": self.llm.base_url}
         return {"ok": llm["state"] == "up", "components": {"llm": llm, "stt": {"state": "up"}, "tts": {"state": "up"}}}
+
+    # --- the speech API (transport/speech_api.py's SpeechStack) -----------------------------------
+    @property
+    def speech_rate(self) -> int:
+        """The loaded voice's sample rate: what `synthesize_stream` yields."""
+        return self.tts_engine.sample_rate
+
+    async def synthesize_stream(self, text: str, speed: float = 1.0) -> AsyncGenerator[np.ndarray, None]:
+        """`text` in the loaded voice, chunk by chunk as `StreamingTTS` makes them (phrase cache
+        shared with the calls); `speed` scales the configured speaking rate (kept within 0.25–4)."""
+        engine = self.tts_engine
+        if speed != 1.0:  # a copy with its own rate: the loaded voice (shared by calls) is left as it is
+            engine = copy.copy(engine)
+            rate = min(4.0, max(0.25, engine.options.rate * speed))
+            engine.options = dataclasses.replace(engine.options, rate=rate)
+        tts = StreamingTTS(engine, self.cache, chunk_ms=self.config.tts.chunk_ms)
+        async with contextlib.aclosing(tts.speak(text)) as chunks:
+            async for chunk in chunks:
+                if chunk.samples.size:
+                    yield chunk.samples
+
+    async def transcribe_audio(self, samples: np.ndarray, rate: int) -> str:
+        """The words in mono float32 `samples` at `rate`, by the loaded recogniser in a worker thread."""
+
+        def run() -> str:
+            return self.stt.transcribe(resample(samples, rate, STT_RATE)).text
+
+        return await asyncio.to_thread(run)
 
     def new_session(
         self, clock: Clock, sink: Sink, output_rate: int = 24_000, on_event: Callable[[dict], None] | None = None,

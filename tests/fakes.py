@@ -13,7 +13,8 @@ module's docstring names the fakes it uses and the real components it runs. By r
   (pipeline/clock.py) is the real media clock the other fakes run on.
 - Edges: `RecordingSink` (the speaker side: collects the playout's frames); `silent_mic` and
   `offer_sdp` (a client's microphone and a real aiortc offer); `closed_port`.
-- Agent stack: `FakeStack` / `FakeSession` (for `agent.stack.AgentStack` behind the server).
+- Agent stack: `FakeStack` / `FakeSession` (for `agent.stack.AgentStack` behind the server);
+  `FakeSpeechStack` (the same, with the speech API's voice and recogniser).
 - Conversation: `Rig` (the real turn manager, `StreamingTTS`, playout and conversation context on
   a `VirtualClock`, over `FakeSTT`, `FakeLLM` and `FakeTTSEngine`), with `AUDIO`, `REPLY`,
   `leftover_tasks`, `settle`.
@@ -383,6 +384,44 @@ class FakeStack:
         s.call = call
         self.sessions.append(s)
         return s
+
+
+class FakeSpeechStack(FakeStack):
+    """`FakeStack` plus what the speech API needs (transport/speech_api.py's `SpeechStack`): the real
+    `StreamingTTS` over `FakeTTSEngine` (16 kHz, 60 ms of tone per character) and `FakeSTT`, whose
+    answer says how much 16 kHz audio it was given ("N samples"). Records each request's `speeds`
+    and the `rates` audio arrived at; `up` is what `health()` reports."""
+
+    def __init__(self) -> None:
+        from tts.stream import StreamingTTS
+
+        super().__init__()
+        self.engine = FakeTTSEngine()
+        self.tts = StreamingTTS(self.engine, chunk_ms=100)
+        self.stt = FakeSTT(answer=lambda audio: f"{len(audio)} samples")
+        self.speeds: list[float] = []
+        self.rates: list[int] = []
+        self.up = True
+
+    @property
+    def speech_rate(self) -> int:
+        return self.engine.sample_rate
+
+    async def synthesize_stream(self, text: str, speed: float = 1.0):
+        self.speeds.append(speed)
+        async with contextlib.aclosing(self.tts.speak(text)) as chunks:
+            async for chunk in chunks:
+                if chunk.samples.size:
+                    yield chunk.samples
+
+    async def transcribe_audio(self, samples: np.ndarray, rate: int) -> str:
+        from pipeline.audio import resample
+
+        self.rates.append(rate)
+        return (await asyncio.to_thread(self.stt.transcribe, resample(samples, rate, 16_000))).text
+
+    def health(self) -> dict:
+        return {"ok": self.up, "components": {}}
 
 
 # --- the scripted conversation -------------------------------------------------------------------

@@ -23,7 +23,8 @@ import socket
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -253,34 +254,68 @@ class TokenGate:
 
 
 # --- the body, in time ---------------------------------------------------------------------------
-def body_deadline(timeout_s: float, max_bytes: int) -> Middleware:
+@dataclass(frozen=True)
+class LargerBody:
+    """One route's own body allowance, above the server's cap (an audio upload): still bounded in
+    size and time, and at most `at_once` such bodies are held in memory (and handled) together;
+    beyond that, 503 before a byte of the body is read."""
+
+    max_bytes: int
+    timeout_s: float
+    at_once: int = 2
+
+
+def body_deadline(timeout_s: float, max_bytes: int, larger: Mapping[str, LargerBody] | None = None) -> Middleware:
     """Read the whole body within `timeout_s` before any handler runs: a client that announces 1000
-    bytes and sends 7 gets 408 and is closed, instead of holding the connection open."""
+    bytes and sends 7 gets 408 and is closed, instead of holding the connection open.
+
+    `larger`: request path → that route's own `LargerBody` limits (POST only; every other method and
+    path keeps `max_bytes` and `timeout_s`)."""
+    larger = dict(larger or {})
+    holding = dict.fromkeys(larger, 0)  # path → bodies of that route in memory now
+
+    async def read_within(request: web.Request, limit_bytes: int, limit_s: float) -> web.Response | None:
+        too_large = json_error(413, f"request body is larger than {limit_bytes} bytes")
+        if request.content_length is not None and request.content_length > limit_bytes:
+            too_large.force_close()
+            return too_large
+        try:
+            async with asyncio.timeout(limit_s):
+                await request.read()  # kept by aiohttp: the handler's read() returns it
+        except TimeoutError:
+            CLIENT_LOG.info("%s: request body not received within %.1f s; closing", request.remote, limit_s)
+            slow = json_error(408, f"the request body did not arrive within {limit_s:g} s")
+            slow.force_close()
+            return slow
+        except web.HTTPRequestEntityTooLarge:
+            too_large.force_close()
+            return too_large
+        except Exception as exc:  # the client went away mid-body, or sent a broken chunked encoding
+            CLIENT_LOG.info("%s: request body unreadable (%s)", request.remote, type(exc).__name__)
+            cut = json_error(400, f"the request body could not be read ({type(exc).__name__})")
+            cut.force_close()
+            return cut
+        return None
 
     @web.middleware
     async def read_body(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.body_exists:
-            too_large = json_error(413, f"request body is larger than {max_bytes} bytes")
-            if request.content_length is not None and request.content_length > max_bytes:
-                too_large.force_close()
-                return too_large
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await request.read()  # kept by aiohttp: the handler's read() returns it
-            except TimeoutError:
-                CLIENT_LOG.info("%s: request body not received within %.1f s; closing", request.remote, timeout_s)
-                slow = json_error(408, f"the request body did not arrive within {timeout_s:g} s")
-                slow.force_close()
-                return slow
-            except web.HTTPRequestEntityTooLarge:
-                too_large.force_close()
-                return too_large
-            except Exception as exc:  # the client went away mid-body, or sent a broken chunked encoding
-                CLIENT_LOG.info("%s: request body unreadable (%s)", request.remote, type(exc).__name__)
-                cut = json_error(400, f"the request body could not be read ({type(exc).__name__})")
-                cut.force_close()
-                return cut
-        return await handler(request)
+        route = larger.get(request.path) if request.method == "POST" else None
+        if route is None or not request.body_exists:
+            refused = await read_within(request, max_bytes, timeout_s) if request.body_exists else None
+            return refused or await handler(request)
+        path = request.path
+        if holding[path] >= route.at_once:
+            busy = json_error(503, f"{route.at_once} uploads are being handled; try again soon",
+                              headers={"Retry-After": "5"})
+            busy.force_close()
+            return busy
+        holding[path] += 1
+        try:
+            request = request.clone(client_max_size=route.max_bytes)  # aiohttp's own cap, for this request
+            refused = await read_within(request, route.max_bytes, route.timeout_s)
+            return refused or await handler(request)
+        finally:
+            holding[path] -= 1
 
     return read_body
 

@@ -6,6 +6,8 @@ Contract (stable; other clients rely on it):
     POST /offer         {"sdp": "...", "type": "offer"}  →  200 {"sdp": "...", "type": "answer"}
     GET  /config        the page's ICE servers: {"iceServers": [...]}
     GET  /health        {"ok": bool, "sessions": n, "max_sessions": n, "components": {...}}; 503 when not ok
+    GET  /healthz       {"ok": true} when the models are loaded and the LLM answers; 503 {"ok": false} otherwise
+    POST /v1/audio/speech, /v1/audio/transcriptions   OpenAI's speech API (transport/speech_api.py)
 
 The access token (`Authorization: Bearer TOKEN` or `?token=`) is needed on every route but the page
 whenever one is set, and one is always set off loopback. Errors are JSON `{"error": reason}`:
@@ -38,6 +40,7 @@ from aiortc import RTCSessionDescription
 from transport.guard import (
     BadJSON,
     GuardedSite,
+    LargerBody,
     TokenGate,
     add_security_headers,
     bind_socket,
@@ -47,6 +50,7 @@ from transport.guard import (
     loads_bounded,
     runner_options,
 )
+from transport.speech_api import SPEECH_PATH, TRANSCRIPTIONS_PATH, UPLOAD_BODY, SpeechAPI
 from transport.twilio import MAX_MESSAGE, TwilioStream, twiml
 from transport.webrtc import PeerSession, StackLike, enable_loopback_candidates, parse_ice_server
 
@@ -140,13 +144,14 @@ def is_loopback(host: str) -> bool:
 
 
 def make_app(stack: StackLike, options: ServeOptions) -> web.Application:
-    """The aiohttp application: `/` (the page), `/static/*`, `POST /offer`, `GET /config`, `GET /health`.
+    """The aiohttp application: `/` (the page), `/static/*`, `POST /offer`, `GET /config`, `GET /health`,
+    `GET /healthz`, and OpenAI's `POST /v1/audio/speech` and `/v1/audio/transcriptions`.
 
     Serve it with `make_runner` (its timeouts are part of the defence against slow clients).
     """
     gate = TokenGate(options.token, free_tries=options.auth_free_tries, backoff_s=options.auth_backoff_s)
     middlewares = [host_allowlist([options.host, *options.allow_hosts]), gate.middleware,
-                   body_deadline(options.body_timeout_s, options.max_body_bytes)]
+                   body_deadline(options.body_timeout_s, options.max_body_bytes, _larger_bodies(options))]
     app = web.Application(client_max_size=options.max_body_bytes, middlewares=middlewares)
     app.on_response_prepare.append(add_security_headers)
     app[PEERS] = {}
@@ -156,15 +161,26 @@ def make_app(stack: StackLike, options: ServeOptions) -> web.Application:
     enable_loopback_candidates()  # a browser on this machine may only share loopback with us
     app.router.add_get("/", _index)
     app.router.add_get("/health", _health)
+    app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/config", _client_config)
     app.router.add_post("/offer", _offer)
     app.router.add_get("/phone/twilio", _twilio_stream)
     app.router.add_get("/phone/twilio/twiml", _twilio_twiml)
     app.router.add_post("/phone/twilio/twiml", _twilio_twiml)
+    speech = SpeechAPI(stack)  # OpenAI-compatible speech endpoints, behind the same gate
+    app.router.add_post(SPEECH_PATH, speech.speech)
+    app.router.add_post(TRANSCRIPTIONS_PATH, speech.transcriptions)
     app.router.add_static("/static/", STATIC, show_index=False)
     app.on_shutdown.append(_close_all)
     return app
+
+
+def _larger_bodies(options: ServeOptions) -> dict[str, LargerBody]:
+    """Routes allowed a body above `max_body_bytes`: audio uploads (never less than the server's own cap)."""
+    upload = LargerBody(max(UPLOAD_BODY.max_bytes, options.max_body_bytes),
+                        max(UPLOAD_BODY.timeout_s, options.body_timeout_s), UPLOAD_BODY.at_once)
+    return {TRANSCRIPTIONS_PATH: upload}
 
 
 def make_runner(app: web.Application, options: ServeOptions) -> web.AppRunner:
@@ -180,18 +196,29 @@ async def _health(request: web.Request) -> web.Response:
     """Each component's state when the stack reports it (`health()`); 503 when anything is not ok."""
     opts: ServeOptions = request.app[OPTIONS]
     counts = {"sessions": len(request.app[PEERS]), "max_sessions": opts.max_sessions}
-    report = getattr(request.app[STACK], "health", None)
+    doc = {**await _stack_health(request.app[STACK]), **counts}
+    return web.json_response(doc, status=200 if doc["ok"] else 503)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    """A probe's answer: `{"ok": true}` (200) or `{"ok": false}` (503), from the same check as /health."""
+    ok = (await _stack_health(request.app[STACK]))["ok"]
+    return web.json_response({"ok": ok}, status=200 if ok else 503)
+
+
+async def _stack_health(stack: object) -> dict:
+    """The stack's `health()` with "ok" a bool; a stack without one is up (it was loaded)."""
+    report = getattr(stack, "health", None)
     if report is None:
-        return web.json_response({"ok": True, **counts})
+        return {"ok": True}
     try:
         doc = report()
         if inspect.isawaitable(doc):
             doc = await doc
-        doc = {**doc, "ok": bool(doc.get("ok")), **counts}
+        return {**doc, "ok": bool(doc.get("ok"))}
     except Exception as exc:  # a broken health check is itself a failed check, not a 500
         log.warning("the stack's health check failed: %s", exc)
-        doc = {"ok": False, "error": f"the health check failed: {exc or type(exc).__name__}", **counts}
-    return web.json_response(doc, status=200 if doc["ok"] else 503)
+        return {"ok": False, "error": f"the health check failed: {exc or type(exc).__name__}"}
 
 
 async def _twilio_stream(request: web.Request) -> web.StreamResponse:
