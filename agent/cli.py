@@ -508,5 +508,22 @@ def sip(ctx, listen, max_calls, allow, record_dir, **models) -> None:
         _fail(f"could not listen on udp {listen}: {exc}")
 
 
+@main.command("narrowband-bench")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report.")
+@click.option("--stt-model", help="tiny.en (default), base, or a CTranslate2 directory.")
+@click.pass_context
+def narrowband_bench(ctx, json_path, stt_model) -> None:
+    """Whisper's word error rate after a G.711 phone leg (8 kHz μ-law/A-law) vs at 16 kHz."""
+    from agent.benches.narrowband import run_narrowband
+    from stt.engines import load_stt
+
+    cfg = _config(ctx, **{"stt.model": stt_model})
+    doc = run_narrowband(load_stt(cfg.stt), progress=_progress)
+    w = doc["wer_percent"]
+    click.echo(f"WER over {doc['n_clips']} clips ({doc['words']} words): 16 kHz {w['wide']}%, "
+               f"8 kHz μ-law {w['ulaw']}%, A-law {w['alaw']}%")
+    _write_json(doc, json_path, also_stdout=False)
+
+
 if __name__ == "__main__":
     main()

@@ -219,3 +219,13 @@ async def test_keypad_digits_on_the_stream_become_one_user_turn():
 
 async def _record(into: list[str], text: str) -> None:
     into.append(text)
+
+
+def test_the_phone_leg_keeps_speech_length_and_level():
+    from agent.benches.narrowband import phone_leg
+
+    audio, rate = read_audio(DATA / "goforward.wav")
+    out = phone_leg(audio, rate)
+    ref = resample(audio, rate, 16_000)
+    assert abs(len(out) - len(ref)) <= 2
+    assert 0.8 < np.sqrt(np.mean(out**2)) / np.sqrt(np.mean(ref**2)) < 1.2
