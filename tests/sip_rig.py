@@ -79,8 +79,9 @@ class Rig:
         except BlockingIOError:
             pass
 
-    async def sipp(self, scenario: str, duration_ms: int = 3000, port: int = SIPP_PORT) -> dict:
-        cmd = ["sipp", f"127.0.0.1:{SIP_PORT}", "-sf", str(SCENARIOS / scenario), "-m", "1", "-i", "127.0.0.1",
+    async def sipp(self, scenario: str, duration_ms: int = 3000, port: int = SIPP_PORT, calls: int = 1) -> dict:
+        cmd = ["sipp", f"127.0.0.1:{SIP_PORT}", "-sf", str(SCENARIOS / scenario), "-m", str(calls), "-l", "1",
+               "-i", "127.0.0.1",
                "-p", str(port), "-mp", str(port + 2000), "-d", str(duration_ms), "-key", "rigport", str(RIG_PORT),
                "-timeout", "40s", "-timeout_error", "-nostdin", "-trace_err", "-error_file", f"/tmp/sipp-{port}.err"]
         Path(f"/tmp/sipp-{port}.err").unlink(missing_ok=True)  # noqa: ASYNC240 (a stale one from an earlier run)
@@ -150,6 +151,29 @@ async def bye_mid_reply() -> dict:
         await asyncio.sleep(0.3)
         left = [t.get_name() for t in asyncio.all_tasks() - before if not t.done()]
         return rig.report(sipp=sipp, leftover_tasks=left)
+
+
+def _resources() -> dict:
+    import os
+    import threading
+
+    return {"fds": len(os.listdir("/proc/self/fd")), "threads": threading.active_count(),
+            "tasks": len([t for t in asyncio.all_tasks() if not t.done()])}
+
+
+async def many() -> dict:
+    """50 calls in a row (one at a time): what a call holds must be given back every time."""
+    async with Rig() as rig:
+        warm = await rig.sipp("call.xml", duration_ms=700, calls=5)
+        await rig.settle()
+        await asyncio.sleep(0.5)
+        after_5 = _resources()
+        sipp = await rig.sipp("call.xml", duration_ms=700, calls=45)
+        await rig.settle()
+        await asyncio.sleep(0.5)
+        after_50 = _resources()
+        return rig.report(sipp=sipp, warm=warm, after_5=after_5, after_50=after_50, answered=len(rig.calls),
+                          sessions_done=rig.sessions_done)
 
 
 async def dtmf() -> dict:

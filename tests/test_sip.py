@@ -220,3 +220,14 @@ def test_refused_transfer_returns_false_and_the_call_stays():
     assert doc["transferred"] is False and doc["still_up"] is True
     assert doc["sipp"]["rc"] == 0, doc["sipp"]
     _clean_end(doc, "the caller hung up")
+
+
+@pytest.mark.phone
+def test_fifty_calls_in_a_row_leak_no_task_thread_or_socket():
+    """SIPp calls 50 times, one call at a time; what the process holds after call 50 is what it
+    held after call 5 (tasks, threads, file descriptors: the RTP sockets and ports are fds)."""
+    doc = rig("many")
+    assert doc["warm"]["rc"] == 0 and doc["sipp"]["rc"] == 0, (doc["warm"], doc["sipp"])
+    assert doc["answered"] == 50 and doc["sessions_done"] == 50 and doc["open_calls"] == 0
+    a, b = doc["after_5"], doc["after_50"]
+    assert b["fds"] <= a["fds"] + 2 and b["threads"] <= a["threads"] + 1 and b["tasks"] <= a["tasks"], (a, b)
