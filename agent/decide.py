@@ -123,7 +123,8 @@ def digit_tools(tools: ToolBox, messages: list[dict[str, Any]]) -> list[str] | N
 
     said = str(next((m["content"] for m in reversed(messages) if m.get("role") == "user"), ""))
     lowered = f" {said.lower()} "
-    has_digits = bool(digits(said))
+    run = digits(said)
+    has_digits = bool(run) and len(run or "") >= MIN_DIGITS  # "go forward ten meters" is not an order number
     allowed = []
     for t in tools:
         if set(t.digit_params) & set(t.parameters["required"]) and not has_digits:
@@ -134,7 +135,10 @@ def digit_tools(tools: ToolBox, messages: list[dict[str, Any]]) -> list[str] | N
     return allowed
 
 
-def digit_call(tools: ToolBox, messages: list[dict[str, Any]], min_digits: int = 3) -> str | None:
+MIN_DIGITS = 3  # a digit run this long is a number to look up; shorter ones are counts ("ten", "2 bikes")
+
+
+def digit_call(tools: ToolBox, messages: list[dict[str, Any]], min_digits: int = MIN_DIGITS) -> str | None:
     """The tool that must be called now: one of its `decisive` words was said ("goodbye",
     "operator"), or the caller's latest words hold a run of at least
     `min_digits` digits and exactly one tool takes them (an order number, a ticket). Measured in the

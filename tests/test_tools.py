@@ -115,6 +115,7 @@ def test_a_tool_is_offered_only_when_the_callers_words_make_it_plausible():
     assert said("It's four seven one two.") == ["lookup_order"]
     assert said("okay thanks, bye") == ["end_call"]
     assert said("can I speak to a person") == ["transfer_to_human"]
+    assert said("go forward ten meters") == []  # two digits are a count, not an order number (baresip call)
 
 
 async def _call(rig: Rig) -> None:
