@@ -85,7 +85,9 @@ async def test_interruption_in_the_first_50_ms_of_the_reply_on_the_real_stack():
     assert cold["interrupted"] and warm["user_text"], "the words said over the first reply were lost"
     mt = warm["media_times"]
     assert warm["interrupted"] and mt["barge_in"] - mt["first_audio_played"] < 0.15, warm
-    assert mt["agent_stopped"] - mt["barge_in"] < 0.4 and len(words(warm["heard_text"])) <= 2, warm
+    # a bound that proves the cut, not a speed target (those live in `rejoinder bench`): 0.4 s failed
+    # once in four full runs on this shared 2-core machine (0.595 s), while the rest of the lane ran
+    assert mt["agent_stopped"] - mt["barge_in"] < 1.0 and len(words(warm["heard_text"])) <= 2, warm
     assert last["heard_text"] and not last["interrupted"]
 
 
