@@ -23,7 +23,6 @@ together may come in any order.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from agent.llm import LLMOptions
 from agent.llm_server import DEFAULT_MODEL_KEY, check_model_key
 from agent.llm_supervisor import SupervisorOptions
 from agent.prompts import SPEECH_SYSTEM_PROMPT
+from agent.toml_files import read_toml
 from agent.turns import TurnOptions
 from stt.echo import EchoOptions
 from stt.transcriber import TranscriberOptions
@@ -90,13 +90,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> AgentConfig
     cfg = AgentConfig()
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file not found: {p}")
-        try:
-            with open(p, "rb") as f:
-                data = tomllib.load(f)
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{p}: not valid TOML: {exc}") from None
+        data = read_toml(p, "config", missing=FileNotFoundError)
         for section, values in data.items():
             if section in _TOP:
                 _set(cfg, section, values, source=str(p))

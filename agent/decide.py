@@ -112,6 +112,11 @@ def _literal(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _last_user(messages: list[dict[str, Any]]) -> str:
+    """The caller's latest words in a prompt (what the offer rules and the digit parser read)."""
+    return str(next((m["content"] for m in reversed(messages) if m.get("role") == "user"), ""))
+
+
 def digit_tools(tools: ToolBox, messages: list[dict[str, Any]]) -> list[str] | None:
     """The tools the model may call now, from the caller's latest words: one that needs digits (an
     order number) only once they said some, so the model cannot make a number up (measured: the 0.5B
@@ -121,7 +126,7 @@ def digit_tools(tools: ToolBox, messages: list[dict[str, Any]]) -> list[str] | N
         return None
     from agent.spoken import digits
 
-    said = str(next((m["content"] for m in reversed(messages) if m.get("role") == "user"), ""))
+    said = _last_user(messages)
     lowered = f" {said.lower()} "
     run = digits(said)
     has_digits = bool(run) and len(run or "") >= MIN_DIGITS  # "go forward ten meters" is not an order number
@@ -145,7 +150,7 @@ def digit_call(tools: ToolBox, messages: list[dict[str, Any]], min_digits: int =
     order desk eval: with the choice left to it, the 0.5B answered "4 7 1 2" with "What's your order
     number?" in a real call (greeting and history before it); a number the caller read out is what
     the tool is for, and the parse of it is deterministic (agent/spoken.py)."""
-    said = str(next((m["content"] for m in reversed(messages) if m.get("role") == "user"), ""))
+    said = _last_user(messages)
     words = " " + re.sub(r"[^a-z' ]+", " ", said.lower()) + " "
     for t in tools:  # decisive words first: "bye" after an order number still ends the call
         if t.decisive and not t.parameters["required"] and any(f" {w} " in words for w in t.decisive):
@@ -166,8 +171,8 @@ def fill_digits(call: ToolCall, tools: ToolBox, messages: list[dict[str, Any]]) 
         return call
     from agent.spoken import digits
 
-    said = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
-    run = digits(str(said))
+    said = _last_user(messages)
+    run = digits(said)
     if not run:
         return call
     return ToolCall(call.name, {**call.arguments, **{k: run for k in tool.digit_params}}, call.id)

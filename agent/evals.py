@@ -22,7 +22,6 @@ that cannot run is an error naming the scenario and the key, before any model lo
 from __future__ import annotations
 
 import json
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 from agent.api import Agent, load_agent
 from agent.config import AgentConfig
 from agent.recorded_call import RecordedCall
+from agent.toml_files import read_toml
 
 _KEYS = {"name", "turns", "tool", "arguments", "reply_contains", "reply_excludes", "hang_up", "transfer",
          "no_tool", "facts", "transfer_ok"}
@@ -86,12 +86,7 @@ class EvalFile:
     @classmethod
     def load(cls, path: str | Path) -> EvalFile:
         p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"eval file not found: {p}")
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{p}: not valid TOML: {exc}") from None
+        data = read_toml(p, "eval")
         spec = data.get("agent")
         if not isinstance(spec, str) or ":" not in spec:
             raise ValueError(f"{p}: needs agent = \"FILE.py:NAME\" (relative to the eval file)")

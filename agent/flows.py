@@ -22,11 +22,11 @@ and the place. A tool can also choose the next node itself by returning `{"next"
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.toml_files import read_toml
 from agent.tools import ToolBox, ToolResult
 
 
@@ -50,14 +50,7 @@ class Flow:
 
     @classmethod
     def load(cls, path: str | Path, tools: ToolBox | None = None) -> Flow:
-        p = Path(path)
-        if not p.is_file():
-            raise FlowError(f"flow file not found: {p}")
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise FlowError(f"{p}: not valid TOML: {exc}") from None
-        return cls.from_dict(data, source=str(p), tools=tools)
+        return cls.from_dict(read_toml(path, "flow", FlowError), source=str(Path(path)), tools=tools)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<flow>", tools: ToolBox | None = None) -> Flow:

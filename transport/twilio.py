@@ -132,7 +132,8 @@ class TwilioStream:
             self._keys.close()
             for t in list(self._typing):
                 t.cancel()
-            self._frames.put_nowait(None) if not self._frames.full() else None
+            if not self._frames.full():  # (when full, the session sees hang_up on its next frame)
+                self._frames.put_nowait(None)
             if session_task is not None:
                 if self._session is not None:
                     self._session.hang_up()
